@@ -1,0 +1,17 @@
+"""AnnData ↔ arrays: gene alignment, loaders (in-memory, backed, chunked, parquet)."""
+
+from ._alignment import GeneAlignment, align_genes, align_matrix
+from ._chunks import ChunkBatch, ChunkedDataset, write_chunks
+from ._tahoe import TAHOE_OBS_COLUMNS, read_tahoe, read_tahoe_gene_metadata
+
+__all__ = [
+    "GeneAlignment",
+    "align_genes",
+    "align_matrix",
+    "TAHOE_OBS_COLUMNS",
+    "read_tahoe",
+    "read_tahoe_gene_metadata",
+    "ChunkBatch",
+    "ChunkedDataset",
+    "write_chunks",
+]

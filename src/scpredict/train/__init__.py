@@ -1,0 +1,15 @@
+"""Lightning training plumbing shared by the models (imports torch and lightning)."""
+
+from ._callbacks import BestWeights, EpochProgressBar, HistoryCallback
+from ._data import IndexDataModule, split_indices
+from ._plan import LossOutput, TrainingPlan
+
+__all__ = [
+    "BestWeights",
+    "EpochProgressBar",
+    "HistoryCallback",
+    "IndexDataModule",
+    "LossOutput",
+    "TrainingPlan",
+    "split_indices",
+]
