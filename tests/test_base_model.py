@@ -10,10 +10,10 @@ import sys
 import numpy as np
 import pytest
 import scipy.sparse as sp_sparse
-from helpers import assert_adata_equal
-from toy_model import ToyModel, toy_data
 
 import scpredict as sp
+from helpers import assert_adata_equal
+from toy_model import ToyModel, toy_data
 
 
 @pytest.fixture

@@ -10,9 +10,9 @@ import pandas as pd
 import pytest
 import scipy.sparse as sp_sparse
 from anndata import AnnData
-from helpers import assert_adata_equal
 
 import scpredict as sp
+from helpers import assert_adata_equal
 
 
 # ---------------------------------------------------------------- input contract

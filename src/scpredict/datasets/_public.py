@@ -147,8 +147,8 @@ def ranked_signatures(
 
     Returns
     -------
-    DataFrame with columns ``drug``, ``rank``, ``gene``, ``in_top_up``. Needs pyarrow (``pip install
-    scpredict[parquet]``).
+    DataFrame
+        Columns ``drug``, ``rank``, ``gene``, ``in_top_up``. Needs pyarrow (``pip install scpredict[parquet]``).
     """
     fname = {
         "tahoe_a498": "tahoe_a498_ranked_degs.parquet",

@@ -17,7 +17,7 @@ def _gene_names(n_genes: int) -> list[str]:
     return [f"G{i:04d}" for i in range(n_genes)]
 
 
-def _finish(mu: np.ndarray, rng: np.random.Generator, kind: str, dispersion: float, library_size: float):
+def _finish(mu: np.ndarray, rng: np.random.Generator, *, kind: str, dispersion: float, library_size: float):
     """Turn per-cell mean log-expression into counts (NB) and/or log1p-normalized values."""
     rate = np.exp(mu)
     rate = rate / rate.sum(1, keepdims=True) * library_size * rng.lognormal(0, 0.2, size=(mu.shape[0], 1))
@@ -143,7 +143,7 @@ def synthetic_perturbation(
         + eff_mat * line_scale[line][:, None]
         + rng.normal(0, 0.1, size=(n_cells, n_genes))
     )
-    x, layers = _finish(mu, rng, kind, dispersion, library_size)
+    x, layers = _finish(mu, rng, kind=kind, dispersion=dispersion, library_size=library_size)
 
     obs = pd.DataFrame(
         {
@@ -229,7 +229,7 @@ def synthetic_contexts(
         mu += eff[codes]
         obs[field] = pd.Categorical.from_codes(codes, categories=cats)
         true[field] = pd.DataFrame(eff, index=cats, columns=_gene_names(n_genes))
-    x, layers = _finish(mu, rng, kind, dispersion, library_size)
+    x, layers = _finish(mu, rng, kind=kind, dispersion=dispersion, library_size=library_size)
     adata = AnnData(
         X=x,
         obs=pd.DataFrame(obs, index=[f"cell{i}" for i in range(n_cells)]),
@@ -293,7 +293,7 @@ def synthetic_celltypes(
         eff[t, idx] = separation
         marker_of[idx] = f"type{t}"
     mu = base + eff[labels] + rng.normal(0, 0.2, size=(n_cells, n_genes))
-    x, layers = _finish(mu, rng, kind, 0.2, 3000.0)
+    x, layers = _finish(mu, rng, kind=kind, dispersion=0.2, library_size=3000.0)
     adata = AnnData(
         X=x,
         obs=pd.DataFrame(

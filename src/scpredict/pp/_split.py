@@ -26,7 +26,7 @@ def _rng(seed: int | None) -> np.random.Generator:
 
 
 def _write(
-    adata: AnnData, labels: np.ndarray, key_added: str, params: dict, lists: dict | None = None
+    adata: AnnData, labels: np.ndarray, *, key_added: str, params: dict, lists: dict | None = None
 ) -> None:
     adata.obs[key_added] = pd.Categorical(
         labels, categories=[c for c in ("train", "val", "test") if c in set(labels)]
@@ -99,8 +99,8 @@ def split_cells(
     _write(
         adata,
         labels,
-        key_added,
-        {"kind": "cells", "fractions": list(fractions), "stratify_key": stratify_key, "seed": seed},
+        key_added=key_added,
+        params={"kind": "cells", "fractions": list(fractions), "stratify_key": stratify_key, "seed": seed},
     )
 
 
@@ -169,15 +169,20 @@ def split_perturbations(
     _assign_with_controls(
         adata,
         labels,
-        control,
-        train,
-        val,
-        test,
-        test_fraction,
-        val_fraction,
-        rng,
-        key_added,
-        {"kind": "perturbations", "perturbation_key": perturbation_key, "control": control, "seed": seed},
+        control=control,
+        train=train,
+        val=val,
+        test=test,
+        test_fraction=test_fraction,
+        val_fraction=val_fraction,
+        rng=rng,
+        key_added=key_added,
+        params={
+            "kind": "perturbations",
+            "perturbation_key": perturbation_key,
+            "control": control,
+            "seed": seed,
+        },
     )
 
 
@@ -224,20 +229,25 @@ def split_combinations(
     _assign_with_controls(
         adata,
         labels,
-        control,
-        train,
-        val,
-        test,
-        0.0,
-        0.1 if val else 0.0,
-        rng,
-        key_added,
-        {"kind": "combinations", "perturbation_key": perturbation_key, "control": control, "seed": seed},
+        control=control,
+        train=train,
+        val=val,
+        test=test,
+        test_fraction=0.0,
+        val_fraction=0.1 if val else 0.0,
+        rng=rng,
+        key_added=key_added,
+        params={
+            "kind": "combinations",
+            "perturbation_key": perturbation_key,
+            "control": control,
+            "seed": seed,
+        },
     )
 
 
 def _assign_with_controls(
-    adata, labels, control, train, val, test, test_fraction, val_fraction, rng, key_added, params
+    adata, labels, *, control, train, val, test, test_fraction, val_fraction, rng, key_added, params
 ):
     out = np.empty(len(labels), dtype=object)
     out[np.isin(labels, train)] = "train"
@@ -246,7 +256,7 @@ def _assign_with_controls(
     ctrl = np.flatnonzero(labels == control)
     fr = (1.0 - test_fraction - val_fraction, val_fraction, test_fraction)
     out[ctrl] = _stratified_fractions(len(ctrl), fr, rng)
-    _write(adata, out, key_added, params, {"train": train, "val": val, "test": test})
+    _write(adata, out, key_added=key_added, params=params, lists={"train": train, "val": val, "test": test})
 
 
 def split_covariate(
@@ -280,7 +290,7 @@ def split_covariate(
     _write(
         adata,
         out,
-        key_added,
-        {"kind": "covariate", "covariate_key": covariate_key, "seed": seed},
-        {"test": list(test_values)},
+        key_added=key_added,
+        params={"kind": "covariate", "covariate_key": covariate_key, "seed": seed},
+        lists={"test": list(test_values)},
     )

@@ -94,7 +94,8 @@ class CycleTrainingPlan(TrainingPlan):
                 continue
             for c in torch.unique(codes[:, f]).tolist():
                 sel = codes[:, f] == c
-                self._log(f"{prefix}_l2_{key}/{cats[c]}", norms[sel, f + 1].mean(), int(sel.sum()))
+                name = str(cats[c]).replace("/", "_")
+                self._log(f"{prefix}_l2_{key}={name}", norms[sel, f + 1].mean(), int(sel.sum()))
 
     def training_step(self, batch, batch_idx):
         opt_g, opt_c = self.optimizers()
