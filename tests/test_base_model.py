@@ -221,3 +221,55 @@ def test_models_namespace_lazy_and_errors():
     assert "BaseModel" in dir(sp.models)
     with pytest.raises(AttributeError):
         sp.models.DoesNotExist  # noqa: B018
+
+
+def test_loggers_write_files(adata):
+    import scpredict as sp
+
+    model = ToyModel(adata)
+    model.train(max_epochs=2, batch_size=64, logger=["csv", "tensorboard"], progress_bar="epoch")
+    root = sp.settings.log_dir / "ToyModel"
+    csvs = list(root.rglob("metrics.csv"))
+    events = list(root.rglob("events.out.tfevents*"))
+    assert csvs and events
+    text = csvs[0].read_text()
+    assert "train_loss" in text and "validation_loss" in text
+    assert list(root.rglob("last.ckpt"))
+
+
+def test_training_history_plot(trained):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    fig = sp.pl.training_history(trained)
+    assert len(fig.axes) == 2  # loss and mse panels
+    labels = [t.get_text() for t in fig.axes[0].get_legend().get_texts()]
+    assert sorted(labels) == ["train", "validation"]
+    import matplotlib.pyplot as plt
+
+    _, ax = plt.subplots()
+    assert sp.pl.training_history(trained, metrics=["loss"], ax=ax) is ax
+    with pytest.raises(KeyError, match="nope"):
+        sp.pl.training_history(trained, metrics=["nope"])
+
+
+def test_setup_mudata_uses_rna_modality():
+    import mudata as md
+
+    rna = toy_data()
+    other = sp.datasets.synthetic_celltypes(n_cells=rna.n_obs, n_genes=5)
+    other.obs_names = rna.obs_names
+    mdata = md.MuData({"rna": rna, "prot": other})
+    ToyModel.setup_mudata(mdata, modality="rna", condition_key="perturbation")
+    model = ToyModel(mdata)
+    assert model.n_vars == rna.n_vars
+    model.train(max_epochs=1, batch_size=64)
+    out = model.get_reconstruction(mdata)
+    assert out.shape == rna.shape
+
+
+def test_explicit_train_indices(adata):
+    model = ToyModel(adata)
+    idx = np.arange(100)
+    model.train(max_epochs=1, train_indices=idx, validation_indices=np.arange(100, 150))
+    assert model.train_params_["n_train"] == 100 and model.train_params_["n_validation"] == 50
