@@ -7,7 +7,7 @@ TORCH_SPEC ?= torch==2.13.0
 PIP_TORCH_ARGS ?=
 EXTRAS ?= test,chem,parquet
 
-.PHONY: install test test-fast demo docs lint clean
+.PHONY: install test test-fast demo docs tutorials tutorials-fast lint clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -26,13 +26,28 @@ test: install
 demo: install
 	$(BIN)/scpredict demo --out demo_report
 
+# `make docs` first executes every tutorial CI-sized (checks they run; stored outputs untouched, DOCS_EXECUTE=none
+# skips it), then builds the site from the stored outputs. `make tutorials` re-executes them full-size and
+# stores their outputs (NB="quickstart classification" for some); `make tutorials-fast` is the CI-sized run.
+DOCS_EXECUTE ?= fast
+NB ?=
+
 docs:
 	$(MAKE) install EXTRAS=test,chem,parquet,docs
+	@if [ "$(DOCS_EXECUTE)" = "fast" ]; then $(BIN)/python tutorials/run.py --fast; fi
 	$(BIN)/python -m sphinx -W --keep-going -b html docs docs/_build/html
+
+tutorials:
+	$(MAKE) install EXTRAS=test,chem,parquet,docs
+	$(BIN)/python tutorials/run.py $(NB)
+
+tutorials-fast:
+	$(MAKE) install EXTRAS=test,chem,parquet,docs
+	$(BIN)/python tutorials/run.py --fast $(NB)
 
 lint: install
 	$(BIN)/ruff check src tests benchmarks
 	$(BIN)/ruff format --check src tests benchmarks
 
 clean:
-	rm -rf docs/_build docs/generated demo_report scpredict_logs .pytest_cache
+	rm -rf docs/_build docs/generated docs/tutorials demo_report scpredict_logs .pytest_cache

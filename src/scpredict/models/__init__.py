@@ -25,6 +25,9 @@ _LAZY: dict[str, str] = {
     "ScoreClassifier": "._score",
     "EmbeddingDiffusion": "._embedding_diffusion",
     "ContextCycleAE": "._cycle_ae",
+    "ScoreDiffusion": "._diffusion",
+    "BiMambaPredictor": "._bimamba",
+    "TransformerPredictor": "._transformer_predictor",
 }
 
 __all__ = sorted(_LAZY)

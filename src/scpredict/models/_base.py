@@ -331,6 +331,12 @@ class BaseModel:
         adata = self.adata if adata is None else adata
         if adata is None:
             raise ValueError("pass `adata=`: this model was loaded without an AnnData.")
+        if self._uses_torch:  # backed / lazy AnnData, paths, CellDataModule: stream from disk
+            from ..data._datamodule import prepare_stream
+
+            stream = prepare_stream(self, adata, keys=keys, check_scale=check_scale)
+            if stream is not None:
+                return stream  # type: ignore[return-value]
         if type(adata).__name__ == "MuData":
             modality = next((m for m, a in adata.mod.items() if SETUP_UNS_KEY in a.uns), None) or "rna"
             adata = self._modality_view(adata, modality)
@@ -382,7 +388,12 @@ class BaseModel:
         drop_last: bool = False,
         **kwargs: Any,
     ):
-        """A scvi-tools ``AnnDataLoader`` over ``prepared`` yielding dicts of tensors keyed by registry key."""
+        """A scvi-tools ``AnnDataLoader`` over ``prepared`` yielding dicts of tensors keyed by registry key
+        (a rank-aware :class:`~scpredict.data.CellLoader` for streamed data)."""
+        if getattr(prepared, "is_stream", False):
+            return prepared.loader(
+                indices, batch_size=batch_size, shuffle=shuffle, drop_last=drop_last, **kwargs
+            )
         from scvi.dataloaders import AnnDataLoader
 
         return AnnDataLoader(
@@ -403,22 +414,31 @@ class BaseModel:
         *,
         batch_size: int = 1024,
     ) -> np.ndarray | dict[str, np.ndarray]:
-        """Run ``fn(batch) -> Tensor | dict[str, Tensor]`` over all cells in order, in eval mode, and stack."""
+        """Run ``fn(batch) -> Tensor | dict[str, Tensor]`` over all cells in order, in eval mode, and stack.
+
+        Inside :func:`scpredict.data.distributed_inference`, each rank runs a contiguous shard and the outputs
+        are gathered in cell order."""
+        from ..data._datamodule import inference_shard
+
         if self.module is None:
             raise RuntimeError("this model has no torch module.")
+        shard, gather = inference_shard(prepared.n_obs)
+        local = {"rank": 0, "world_size": 1} if getattr(prepared, "is_stream", False) else {}
         was_training = self.module.training
         self.module.eval()
         device = self.device
         outs: list[Any] = []
         try:
-            for batch in self._dataloader(prepared, batch_size=batch_size, shuffle=False):
+            for batch in self._dataloader(prepared, shard, batch_size=batch_size, shuffle=False, **local):
                 batch = {k: v.to(device) for k, v in batch.items()}
                 outs.append(fn(batch))
         finally:
             self.module.train(was_training)
         if isinstance(outs[0], dict):
-            return {k: torch.cat([o[k] for o in outs]).cpu().numpy() for k in outs[0]}
-        return torch.cat(outs).cpu().numpy()
+            res = {k: torch.cat([o[k] for o in outs]).cpu().numpy() for k in outs[0]}
+        else:
+            res = torch.cat(outs).cpu().numpy()
+        return res if gather is None else gather(res)
 
     def _to_query_genes(self, values: np.ndarray, adata: AnnData, *, fill: float = np.nan) -> np.ndarray:
         """Map a (n_obs, n_model_genes) array onto ``adata.var_names`` (genes the model lacks get ``fill``)."""
@@ -494,6 +514,7 @@ class BaseModel:
         progress_bar: str | None = None,
         plan_kwargs: Mapping[str, Any] | None = None,
         ckpt_path: str | None = None,
+        data: Any = None,
         **trainer_kwargs: Any,
     ) -> None:
         """Train with Lightning.
@@ -528,8 +549,12 @@ class BaseModel:
             Extra keyword arguments of the training plan (e.g. ``lr_scheduler="plateau"``, ``loss_kwargs``).
         ckpt_path
             Resume from this Lightning checkpoint (e.g. ``.../checkpoints/last.ckpt``).
+        data
+            Train on these cells instead of the model's AnnData: a :class:`~scpredict.data.CellDataModule`,
+            a path (``.h5ad``, ``.zarr``, chunk directory, parquet) or a backed / lazy AnnData, streamed in
+            blocks with each DDP rank reading only its shard. A backed model AnnData is streamed too.
         **trainer_kwargs
-            Passed to ``lightning.Trainer``.
+            Passed to ``lightning.Trainer`` (e.g. ``num_nodes`` for multi-node DDP).
         """
         import lightning.pytorch as pl
         from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
@@ -539,10 +564,10 @@ class BaseModel:
 
         if self.module is None:
             raise RuntimeError(f"{type(self).__name__} has no torch module; it overrides train().")
-        if self.adata is None:
+        if self.adata is None and data is None:
             raise ValueError("this model was loaded without its training AnnData; pass adata to load().")
         self._seed_everything()
-        prepared = self._prepare(self.adata)
+        prepared = self._prepare(self.adata if data is None else data)
         self._prepared_train = prepared
         if train_indices is not None:
             tr = np.asarray(train_indices, dtype=np.int64)

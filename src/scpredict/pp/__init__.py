@@ -1,7 +1,8 @@
 """Preprocessing: input checks, perturbation annotation, splits, pseudobulk."""
 
 from ._check import InputScaleError, check_input
-from ._drugs import drug_deltas, drug_features, filter_pairs, tanimoto_similarity
+from ._drugs import drug_deltas, drug_features, filter_pairs, split_pairs, tanimoto_similarity
+from ._genes import annotate_gene_positions, pathway_features
 from ._perturbation import parse_targets, perturbation_index
 from ._pseudobulk import delta_to_control, pseudobulk
 from ._split import split_cells, split_combinations, split_covariate, split_perturbations
@@ -10,7 +11,10 @@ __all__ = [
     "drug_deltas",
     "drug_features",
     "filter_pairs",
+    "split_pairs",
     "tanimoto_similarity",
+    "annotate_gene_positions",
+    "pathway_features",
     "InputScaleError",
     "check_input",
     "delta_to_control",

@@ -62,7 +62,9 @@ class CycleTrainingPlan(TrainingPlan):
         lr_scheduler: Literal["plateau"] | None = None,
         loss_kwargs: dict | None = None,
     ) -> None:
-        super().__init__(module, lr=lr, weight_decay=weight_decay, optimizer=optimizer, loss_kwargs=loss_kwargs)
+        super().__init__(
+            module, lr=lr, weight_decay=weight_decay, optimizer=optimizer, loss_kwargs=loss_kwargs
+        )
         self.automatic_optimization = False
         self.field_keys = list(field_keys)
         self.categories = {k: list(v) for k, v in (categories or {}).items()}
@@ -151,6 +153,3 @@ class StreamDataModule(pl.LightningDataModule):
 
     def train_dataloader(self) -> Iterable[Any]:
         return self.batches
-
-    def val_dataloader(self):
-        return []

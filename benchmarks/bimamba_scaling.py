@@ -1,0 +1,221 @@
+"""Forward+backward time and peak memory of one BiMamba layer vs one Transformer layer as the gene count grows.
+
+One layer each, width ``d_model = 64``, a batch of 4 conditions (sequences of ``G + 1`` tokens: ``[COND]`` plus
+``G`` genes), training mode. Each (layer, G) runs in a fresh subprocess; peak memory is the growth of the
+process's peak resident set (``VmHWM``, reset through ``/proc/self/clear_refs``) over its resident set before
+the step, so it counts every allocation of the step (activations saved for backward, gradients, workspace).
+
+Layers:
+
+- ``bimamba-ssd``: :class:`scpredict.nn.BiMambaBlock` with ``ssm="mamba2"`` (chunked SSD scan), the default
+  backbone of :class:`scpredict.models.BiMambaPredictor`;
+- ``bimamba-scan``: the same block with ``ssm="mamba1"`` (sequential selective scan, custom autograd);
+- ``transformer``: ``torch.nn.TransformerEncoderLayer(64, 4 heads, 256 feed-forward, dropout 0.1)``, the layer
+  of :class:`scpredict.models.TransformerPredictor`; with dropout PyTorch's CPU attention materialises the
+  (L x L) matrix;
+- ``transformer-flash``: the same layer with dropout 0, where PyTorch uses its fused (flash) CPU attention kernel
+  (memory O(L), time still O(L^2)).
+
+Usage::
+
+    python benchmarks/bimamba_scaling.py            # full table into docs/benchmarks.md
+    python benchmarks/bimamba_scaling.py --genes 1024 2048 --layers bimamba-ssd --no-write
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+
+LAYERS = ("bimamba-ssd", "bimamba-scan", "transformer", "transformer-flash")
+D_MODEL, N_COND = 64, 4
+
+
+def _status(key: str) -> float:
+    with open("/proc/self/status") as fh:
+        for line in fh:
+            if line.startswith(key):
+                return int(line.split()[1]) / 1024  # MiB
+    raise KeyError(key)
+
+
+def _build(layer: str):
+    import torch
+
+    from scpredict.nn import BiMambaBlock
+
+    if layer == "bimamba-ssd":
+        return BiMambaBlock(D_MODEL, ssm="mamba2", d_state=16, headdim=16, chunk_size=32)
+    if layer == "bimamba-scan":
+        return BiMambaBlock(D_MODEL, ssm="mamba1", d_state=16)
+    dropout = 0.1 if layer == "transformer" else 0.0
+    return torch.nn.TransformerEncoderLayer(
+        D_MODEL, 4, 4 * D_MODEL, dropout=dropout, batch_first=True, norm_first=True
+    )
+
+
+def worker(layer: str, genes: int, repeats: int) -> dict:
+    """Measure one (layer, G) in this process."""
+    import torch
+
+    torch.manual_seed(0)
+    net = _build(layer).train()
+    warm = torch.randn(N_COND, 257, D_MODEL, requires_grad=True)
+    net(warm).square().mean().backward()  # warm-up on a short sequence (allocator, kernels)
+    x = torch.randn(N_COND, genes + 1, D_MODEL, requires_grad=True)
+    with open("/proc/self/clear_refs", "w") as fh:
+        fh.write("5")  # reset the peak resident set
+    base = _status("VmRSS:")
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        net(x).square().mean().backward()
+        times.append(time.perf_counter() - t0)
+        net.zero_grad(set_to_none=True)
+        x.grad = None
+    peak = _status("VmHWM:") - base
+    return {"layer": layer, "genes": genes, "seconds": min(times), "peak_mib": peak, "repeats": repeats}
+
+
+def run_one(layer: str, genes: int, repeats: int) -> dict:
+    cmd = [sys.executable, __file__, "--worker", layer, str(genes), "--repeats", str(repeats)]
+    out = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    if out.returncode != 0:
+        return {"layer": layer, "genes": genes, "error": out.stderr.strip().splitlines()[-1:]}
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--genes", type=int, nargs="+", default=[1024, 2048, 4096, 8192, 16384])
+    parser.add_argument("--layers", nargs="+", default=list(LAYERS), choices=LAYERS)
+    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument(
+        "--max-gib", type=float, default=8.0, help="skip runs whose extrapolated memory exceeds"
+    )
+    parser.add_argument(
+        "--max-seconds", type=float, default=400.0, help="skip runs whose extrapolated time exceeds"
+    )
+    parser.add_argument("--no-write", action="store_true")
+    parser.add_argument("--worker", nargs=2, metavar=("LAYER", "GENES"))
+    parser.add_argument("--from-log", help="re-write the report from the JSON lines of an earlier run")
+    args = parser.parse_args()
+    if args.from_log:
+        with open(args.from_log) as fh:
+            rows = [json.loads(line) for line in fh if line.startswith("{")]
+        write_report(rows, args)
+        return
+    if args.worker:
+        print(json.dumps(worker(args.worker[0], int(args.worker[1]), args.repeats)))
+        return
+    results: list[dict] = []
+    for layer in args.layers:
+        prev = None
+        for genes in sorted(args.genes):
+            power = 1 if layer.startswith("bimamba") else 2
+            if prev is not None and "error" not in prev:
+                f = (genes / prev["genes"]) ** power
+                est_mem, est_t = (
+                    prev["peak_mib"] * f / 1024,
+                    prev["seconds"] * (genes / prev["genes"]) ** power,
+                )
+                if (
+                    est_mem > args.max_gib
+                    or est_t * (1 if genes >= 8192 else args.repeats) > args.max_seconds
+                ):
+                    res = {
+                        "layer": layer,
+                        "genes": genes,
+                        "skipped": f"est. {est_mem:.1f} GiB, {est_t:.0f} s",
+                    }
+                    print(json.dumps(res), flush=True)
+                    results.append(res)
+                    continue
+            res = run_one(layer, genes, 1 if genes >= 8192 else args.repeats)
+            print(json.dumps(res), flush=True)
+            results.append(res)
+            prev = res if "error" not in res else prev
+    if not args.no_write:
+        write_report(results, args)
+
+
+def write_report(results: list[dict], args) -> None:
+    sys.path.insert(0, str(__import__("pathlib").Path(__file__).parent))
+    from _report import machine, write_section
+
+    by = {(r["layer"], r["genes"]): r for r in results}
+    genes = sorted({r["genes"] for r in results})
+    lines = [
+        "## BiMamba vs Transformer: one layer, forward + backward",
+        "",
+        f"Command: `python benchmarks/bimamba_scaling.py`. Machine: {machine()} (2-core CPU, no GPU, shared with "
+        "other jobs, so absolute times are noisy; every cell is one fresh process). One layer, d_model 64, "
+        f"{N_COND} conditions per batch, sequence length G + 1; time = best of {args.repeats} steps below 8k "
+        "genes, one step from 8k; memory = growth of the peak resident set during the steps.",
+        "",
+        "| layer | " + " | ".join(f"G={g}" for g in genes) + " |",
+        "|---|" + "---|" * len(genes),
+    ]
+    for layer in args.layers:
+        cells = []
+        for g in genes:
+            r = by.get((layer, g))
+            if r is None:
+                cells.append("-")
+            elif "skipped" in r:
+                cells.append(f"not run ({r['skipped']})")
+            elif "error" in r:
+                cells.append(f"failed: {r['error']}")
+            else:
+                cells.append(f"{r['seconds']:.2f} s / {r['peak_mib']:.0f} MiB")
+        lines.append(f"| {layer} | " + " | ".join(cells) + " |")
+    lines += [
+        "",
+        "Reading: on this CPU the BiMamba layer scales linearly in memory and close to linearly in time (the step "
+        "from 4k to 8k coincides with single-step timing on a machine at load ~20); the Transformer layer with "
+        "dropout (the PyTorch CPU path materialises the L x L attention) grows quadratically and was stopped at 4k "
+        "(8k would need ~17 GiB). PyTorch's fused flash-attention CPU kernel (dropout 0) keeps memory O(L) and is "
+        "competitive in time up to 8k on 2 cores; that comparison misses the targets.",
+        "",
+        "Targets:",
+        "",
+    ]
+
+    def ok(layer, g):
+        r = by.get((layer, g))
+        return r if r is not None and "seconds" in r else None
+
+    for layer in ("bimamba-ssd", "bimamba-scan"):
+        a, b = ok(layer, 2048), ok(layer, 16384)
+        if a and b:
+            rt, rm = b["seconds"] / a["seconds"], b["peak_mib"] / max(a["peak_mib"], 1e-9)
+            lines.append(
+                f"- {layer}: t(16k)/t(2k) = {rt:.1f} ({'met' if rt <= 9.6 else 'MISSED'}, target <= 9.6); "
+                f"memory(16k)/memory(2k) = {rm:.1f} ({'met' if rm <= 9.6 else 'MISSED'})."
+            )
+        for tr in ("transformer", "transformer-flash"):
+            m, t = ok(layer, 8192), ok(tr, 8192)
+            if m and t:
+                sp_, mem = t["seconds"] / m["seconds"], t["peak_mib"] / max(m["peak_mib"], 1e-9)
+                lines.append(
+                    f"- {layer} vs {tr} at 8k: {sp_:.1f}x faster ({'met' if sp_ >= 5 else 'MISSED'}, target >= 5x), "
+                    f"{mem:.1f}x less memory ({'met' if mem >= 10 else 'MISSED'}, target >= 10x)."
+                )
+            elif m:
+                common = [g for g in genes if ok(layer, g) and ok(tr, g)]
+                if common:
+                    g = max(common)
+                    sp_ = ok(tr, g)["seconds"] / ok(layer, g)["seconds"]
+                    mem = ok(tr, g)["peak_mib"] / max(ok(layer, g)["peak_mib"], 1e-9)
+                    lines.append(
+                        f"- {layer} vs {tr} at 8k: not measured (the Transformer layer was not run at 8k, see "
+                        f"table); at G={g}, the largest size both ran: {sp_:.1f}x faster, {mem:.1f}x less memory."
+                    )
+    write_section("bimamba_scaling", "\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,186 @@
+"""What every cell-type classifier shares: one setup, one ``predict``, input normalisation.
+
+Used by :class:`~scpredict.models.LogisticRegressionClassifier`, :class:`~scpredict.models.XGBoostClassifier`,
+:class:`~scpredict.models.LinearClassifier`, :class:`~scpredict.models.TabNetClassifier` and
+:class:`~scpredict.models.ScoreClassifier` (composition: a mixin that needs only ``_probabilities``).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+import numpy as np
+import pandas as pd
+import scipy.sparse as sp_sparse
+from anndata import AnnData
+
+from .._keys import confidence_key, proba_key
+from .._utils import check_keys
+
+__all__ = ["ClassifierMixin", "setup_classifier", "log_normalize", "UNKNOWN", "InputScale"]
+
+#: label written for cells whose confidence is below ``min_confidence``
+UNKNOWN = "unknown"
+#: ``"counts"``: raw counts, normalised by the model to 10,000 per cell then log1p (scTab's preprocessing);
+#: ``"log1p"``: already log-normalised, used as is; ``"any"``: used as is, only finiteness checked.
+InputScale = Literal["counts", "log1p", "any"]
+TARGET_SUM = 1e4
+
+
+def setup_classifier(
+    cls: Any,
+    adata: AnnData,
+    *,
+    labels_key: str,
+    layer: str | None,
+    embedding_key: str | None,
+    scale: InputScale,
+) -> None:
+    """Validate and record a classifier's inputs (shared body of every ``setup_anndata``)."""
+    if scale not in ("counts", "log1p", "any"):
+        msg = f"scale must be one of 'counts', 'log1p', 'any'; got {scale!r}."
+        raise ValueError(msg)
+    check_keys(adata, obs=[labels_key])
+    n_classes = adata.obs[labels_key].astype(str).nunique()
+    if n_classes < 2:
+        msg = f"adata.obs[{labels_key!r}] holds {n_classes} class; a classifier needs at least two."
+        raise ValueError(msg)
+    if embedding_key is not None:
+        check_keys(adata, obsm=[embedding_key])
+        emb = np.asarray(adata.obsm[embedding_key], dtype=float)
+        if not np.isfinite(emb).all():
+            msg = f"adata.obsm[{embedding_key!r}] contains NaN or infinite values."
+            raise ValueError(msg)
+    cls._setup(
+        adata,
+        layer=layer,
+        scale=scale,
+        categorical={"labels": labels_key},
+        obsm={"embedding": embedding_key},
+        extra={"labels_key": labels_key, "embedding_key": embedding_key},
+    )
+
+
+def log_normalize(x: Any, *, scale: str) -> Any:
+    """``log1p(x / rowsum · 10⁴)`` for ``scale="counts"`` (numpy, scipy sparse or torch); otherwise ``x``."""
+    if scale != "counts":
+        return x
+    if sp_sparse.issparse(x):
+        x = sp_sparse.csr_matrix(x, dtype=np.float32)
+        s = np.asarray(x.sum(axis=1)).ravel()
+        x = sp_sparse.diags((TARGET_SUM / np.maximum(s, 1.0)).astype(np.float32)) @ x
+        x.data = np.log1p(x.data)
+        return x
+    if isinstance(x, np.ndarray):
+        x = x.astype(np.float32, copy=False)
+        s = x.sum(axis=1, keepdims=True)
+        return np.log1p(x * (TARGET_SUM / np.maximum(s, 1.0)))
+    import torch  # torch tensor
+
+    return torch.log1p(x * (TARGET_SUM / x.sum(dim=1, keepdim=True).clamp_min(1.0)))
+
+
+class ClassifierMixin:
+    """``predict``/``get_probabilities`` for classifiers on :class:`~scpredict.models.BaseModel`.
+
+    Subclasses implement ``_probabilities(prepared, *, batch_size) -> (n_cells, n_classes)`` in the order of
+    :attr:`classes_`.
+    """
+
+    @property
+    def classes_(self) -> list[str]:
+        """Class labels, in the column order of the probabilities."""
+        return list(self.vocab_["labels"])  # type: ignore[attr-defined]
+
+    def _input_keys(self) -> list[str]:
+        return ["X"] + (["embedding"] if "embedding" in self.setup_.obsm else [])  # type: ignore[attr-defined]
+
+    def _check_trained(self) -> None:
+        if not self.is_trained_:  # type: ignore[attr-defined]
+            msg = f"this {type(self).__name__} is not trained; call .train() first."
+            raise RuntimeError(msg)
+
+    def _probabilities(self, prepared: Any, *, batch_size: int) -> np.ndarray:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def get_probabilities(self, adata: AnnData | None = None, *, batch_size: int = 1024) -> np.ndarray:
+        """Class probabilities of every cell (genes aligned by name; labels are not needed).
+
+        Parameters
+        ----------
+        adata
+            Cells to classify (default: the training AnnData).
+        batch_size
+            Cells per forward pass.
+
+        Returns
+        -------
+        ``(n_cells, n_classes)`` array whose rows sum to one, columns in the order of :attr:`classes_`.
+        """
+        self._check_trained()
+        prepared = self._prepare(adata, keys=self._input_keys())  # type: ignore[attr-defined]
+        proba = np.asarray(self._probabilities(prepared, batch_size=batch_size), dtype=np.float64)
+        return proba / proba.sum(axis=1, keepdims=True)
+
+    def predict(
+        self,
+        adata: AnnData | None = None,
+        *,
+        key_added: str | None = None,
+        min_confidence: float = 0.0,
+        batch_size: int = 1024,
+    ) -> None:
+        """Predict the class of every cell.
+
+        Parameters
+        ----------
+        adata
+            Cells to classify (default: the training AnnData). Genes are aligned by name; the labels column
+            is not needed.
+        key_added
+            Key used in every slot written (default: the model's snake-case name, e.g. ``"tabnet"``).
+        min_confidence
+            Cells whose highest probability is below this get the label ``"unknown"``.
+        batch_size
+            Cells per forward pass.
+
+        Returns
+        -------
+        ``None``; writes
+
+        - ``adata.obs[key_added]``: categorical predicted label (``"unknown"`` below ``min_confidence``);
+        - ``adata.obs[f"{key_added}_confidence"]``: highest class probability;
+        - ``adata.obsm[f"{key_added}_proba"]``: ``(n_cells, n_classes)`` probabilities;
+        - ``adata.uns[key_added]``: ``classes`` (column order of the probabilities), params, model, version,
+          gene list.
+        """
+        if not 0.0 <= min_confidence <= 1.0:
+            msg = f"min_confidence must be in [0, 1], got {min_confidence}."
+            raise ValueError(msg)
+        adata = self.adata if adata is None else adata  # type: ignore[attr-defined]
+        key_added = key_added or self._default_key
+        proba = self.get_probabilities(
+            adata, batch_size=batch_size
+        )  # compute first: a failure writes nothing
+        classes = self.classes_
+        conf = proba.max(axis=1)
+        labels = np.asarray(classes, dtype=object)[proba.argmax(axis=1)]
+        labels[conf < min_confidence] = UNKNOWN
+        cats = classes + ([UNKNOWN] if UNKNOWN not in classes else [])
+        adata.obs[key_added] = pd.Categorical(labels, categories=cats)
+        adata.obs[confidence_key(key_added)] = conf.astype(np.float32)
+        adata.obsm[proba_key(key_added)] = proba.astype(np.float32)
+        self._record(  # type: ignore[attr-defined]
+            adata,
+            key_added,
+            {"min_confidence": min_confidence, "batch_size": batch_size},
+            classes=np.asarray(classes, dtype=object),
+            n_unknown=int((labels == UNKNOWN).sum()),
+        )
+
+    @property
+    def _default_key(self) -> str:
+        import re
+
+        name = type(self).__name__.removesuffix("Classifier") or type(self).__name__
+        return re.sub(r"(?<!^)(?=[A-Z])", "_", name).lower()

@@ -1,0 +1,113 @@
+"""A linear softmax classifier trained with Lightning: scTab's "linear" baseline."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+from anndata import AnnData
+
+from ..module._linear_classifier import LinearClassifierModule
+from ._base import BaseModel
+from ._classifier import ClassifierMixin, InputScale, setup_classifier
+
+__all__ = ["LinearClassifier"]
+
+
+class LinearClassifier(ClassifierMixin, BaseModel):
+    """One linear layer + softmax on log-normalised expression, trained by minibatch AdamW.
+
+    Parameters
+    ----------
+    adata
+        AnnData registered with :meth:`setup_anndata`.
+    dropout_rate
+        Dropout on the input genes during training.
+
+    Examples
+    --------
+    >>> import scpredict as sp
+    >>> adata = sp.datasets.synthetic_celltypes(n_cells=200, n_genes=50)
+    >>> sp.models.LinearClassifier.setup_anndata(adata, labels_key="cell_type")
+    >>> model = sp.models.LinearClassifier(adata)
+    >>> model.train(max_epochs=5)
+    >>> model.predict(adata, key_added="linear")
+    >>> adata.obs["linear"].dtype.name
+    'category'
+    """
+
+    @classmethod
+    def setup_anndata(
+        cls,
+        adata: AnnData,
+        *,
+        labels_key: str,
+        layer: str | None = None,
+        embedding_key: str | None = None,
+        scale: InputScale = "counts",
+    ) -> None:
+        """Register the expression layer and the cell-type labels.
+
+        Parameters
+        ----------
+        adata
+            Training data.
+        labels_key
+            ``obs`` column with the cell types.
+        layer
+            Expression layer (``None`` = ``X``, ``"raw"`` = ``adata.raw.X``).
+        embedding_key
+            Not used by this model (accepted for the common interface); must name an ``obsm`` key if given.
+        scale
+            Declared scale of ``layer``: ``"counts"`` (normalised to 10⁴ per cell + log1p inside the
+            network), ``"log1p"`` or ``"any"``. Checked now and on every new AnnData.
+        """
+        setup_classifier(
+            cls, adata, labels_key=labels_key, layer=layer, embedding_key=embedding_key, scale=scale
+        )
+
+    def __init__(self, adata: AnnData, *, dropout_rate: float = 0.0) -> None:
+        super().__init__(adata, dropout_rate=dropout_rate)
+        self.module = self._build_module()
+
+    def _build_module(self) -> LinearClassifierModule:
+        return LinearClassifierModule(
+            self.n_vars,
+            len(self.vocab_["labels"]),
+            dropout_rate=self.init_params_["dropout_rate"],
+            log_normalize_input=self.setup_.scale == "counts",
+        )
+
+    def train(
+        self,
+        *,
+        max_epochs: int = 50,
+        batch_size: int = 128,
+        lr: float = 1e-2,
+        weight_decay: float = 1e-4,
+        **kwargs: Any,
+    ) -> None:
+        """Train with Lightning (see :meth:`BaseModel.train` for every other argument).
+
+        Parameters
+        ----------
+        max_epochs
+            Maximum number of epochs (early stopping on the validation loss).
+        batch_size
+            Cells per batch.
+        lr
+            AdamW learning rate.
+        weight_decay
+            Decoupled weight decay.
+        **kwargs
+            Passed to :meth:`BaseModel.train` (``train_size``, ``train_indices``, ``accelerator``, ...).
+        """
+        super().train(
+            max_epochs=max_epochs, batch_size=batch_size, lr=lr, weight_decay=weight_decay, **kwargs
+        )
+
+    def _probabilities(self, prepared: Any, *, batch_size: int) -> np.ndarray:
+        return self._module_outputs(
+            prepared, lambda b: torch.softmax(self.module(b["X"])["logits"], dim=-1), batch_size=batch_size
+        )

@@ -1,0 +1,339 @@
+"""SCORE ("Keeping SCORE", seed 000): cell types from class-conditional denoising scores over embeddings."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+import torch
+from anndata import AnnData
+
+from .._settings import settings
+from ..module._score import EmbeddingScoreModule
+from ._base import BaseModel
+from ._classifier import ClassifierMixin, InputScale, setup_classifier
+
+__all__ = ["ScoreClassifier"]
+
+
+def fit_temperature(scores: np.ndarray, y: np.ndarray) -> float:
+    """Temperature ``T`` minimising the negative log-likelihood of ``softmax(scores / T)`` (Guo et al. 2017).
+
+    Parameters
+    ----------
+    scores
+        ``(n, n_classes)`` class scores.
+    y
+        ``(n,)`` integer true classes.
+
+    Returns
+    -------
+    The fitted temperature (searched on a log scale, bounded to ``[1e-6, 1e3]`` × the score spread).
+    """
+    from scipy.optimize import minimize_scalar
+    from scipy.special import logsumexp
+
+    s = np.asarray(scores, dtype=np.float64)
+    spread = float(np.std(s - s.mean(axis=1, keepdims=True))) or 1.0
+
+    def nll(log_t: float) -> float:
+        z = s / (np.exp(log_t) * spread)
+        return float(np.mean(logsumexp(z, axis=1) - z[np.arange(len(y)), y]))
+
+    res = minimize_scalar(nll, bounds=(np.log(1e-6), np.log(1e3)), method="bounded")
+    return float(np.exp(res.x) * spread)
+
+
+class ScoreClassifier(ClassifierMixin, BaseModel):
+    """The SCORE classifier: a class-conditional diffusion model over cell embeddings used as a classifier.
+
+    A denoiser ``ε_θ(x_t, t, y)`` is trained on embeddings of the training cells with their cell types
+    (DDPM, Ho et al. 2020; label dropout gives the unconditional model too). A cell's score for class ``y``
+    is the negative expected denoising error ``−E_{t,ε} ‖ε − ε_θ(√ᾱ_t x + √(1−ᾱ_t) ε, t, y)‖²`` over evenly
+    spaced timesteps and shared noise draws (the diffusion-classifier estimate of the class-conditional
+    likelihood; Li et al. 2023, Clark & Jaini 2023), and the probabilities are ``softmax(score / T)`` with the
+    temperature ``T`` fitted on validation cells.
+
+    Embeddings come from an ``obsm`` key (``setup_anndata(..., embedding_key=...)``, e.g. the output of
+    :meth:`TabNetClassifier.get_embedding`), or, without one, from the model's own TabNet encoder trained
+    first as a classifier on the expression and then frozen (scTab embeddings, as in the seed).
+
+    Parameters
+    ----------
+    adata
+        AnnData registered with :meth:`setup_anndata`.
+    n_hidden
+        Width of the denoiser.
+    n_layers
+        Residual blocks of the denoiser.
+    n_timesteps
+        Diffusion steps ``T``.
+    noise_schedule
+        ``"cosine"`` or ``"linear"``.
+    p_uncond
+        Label-dropout probability during training.
+    dropout_rate
+        Dropout inside the denoiser.
+    n_eval_timesteps
+        Timesteps averaged over when scoring.
+    n_noise
+        Noise draws per timestep when scoring.
+    encoder_kwargs
+        Keyword arguments of the internal TabNet encoder (used only without ``embedding_key``), e.g.
+        ``{"n_d": 64, "n_a": 32}``.
+
+    Examples
+    --------
+    >>> import scpredict as sp
+    >>> adata = sp.datasets.synthetic_celltypes(n_cells=200, n_genes=50)
+    >>> sp.models.ScoreClassifier.setup_anndata(adata, labels_key="cell_type")
+    >>> model = sp.models.ScoreClassifier(adata, n_hidden=32, encoder_kwargs={"n_d": 8, "n_a": 8})
+    >>> model.train(max_epochs=2, encoder_max_epochs=2)
+    >>> model.predict(adata, key_added="score")
+    >>> adata.obsm["score_proba"].shape
+    (200, 4)
+    """
+
+    @classmethod
+    def setup_anndata(
+        cls,
+        adata: AnnData,
+        *,
+        labels_key: str,
+        layer: str | None = None,
+        embedding_key: str | None = None,
+        scale: InputScale = "counts",
+    ) -> None:
+        """Register the labels and the embedding (an ``obsm`` key) or the expression to embed.
+
+        Parameters
+        ----------
+        adata
+            Training data.
+        labels_key
+            ``obs`` column with the cell types.
+        layer
+            Expression layer (``None`` = ``X``); embedded by the internal encoder when ``embedding_key`` is
+            ``None``, otherwise only checked and gene-aligned.
+        embedding_key
+            ``obsm`` key of precomputed embeddings (e.g. from ``TabNetClassifier.get_embedding``); new data
+            must carry the same key.
+        scale
+            Declared scale of ``layer``: ``"counts"`` (normalised to 10⁴ per cell + log1p by the encoder),
+            ``"log1p"`` or ``"any"``.
+        """
+        setup_classifier(
+            cls, adata, labels_key=labels_key, layer=layer, embedding_key=embedding_key, scale=scale
+        )
+
+    def __init__(
+        self,
+        adata: AnnData,
+        *,
+        n_hidden: int = 128,
+        n_layers: int = 3,
+        n_timesteps: int = 1000,
+        noise_schedule: str = "cosine",
+        p_uncond: float = 0.1,
+        dropout_rate: float = 0.0,
+        n_eval_timesteps: int = 20,
+        n_noise: int = 2,
+        encoder_kwargs: Mapping[str, Any] | None = None,
+    ) -> None:
+        enc = None if encoder_kwargs is None else dict(encoder_kwargs)
+        super().__init__(
+            adata,
+            n_hidden=n_hidden,
+            n_layers=n_layers,
+            n_timesteps=n_timesteps,
+            noise_schedule=noise_schedule,
+            p_uncond=p_uncond,
+            dropout_rate=dropout_rate,
+            n_eval_timesteps=n_eval_timesteps,
+            n_noise=n_noise,
+            encoder_kwargs=enc,
+        )
+        if "embedding" in self.setup_.obsm:
+            self.extra_arrays_["n_embedding"] = np.array(
+                [np.asarray(adata.obsm[self.setup_.obsm["embedding"]]).shape[1]], dtype=np.int64
+            )
+        self.temperature_ = 1.0
+        self.module = self._build_module()
+
+    @property
+    def _has_encoder(self) -> bool:
+        return "embedding" not in self.setup_.obsm
+
+    def _build_module(self) -> EmbeddingScoreModule:
+        scoring = ("n_eval_timesteps", "n_noise", "encoder_kwargs")
+        p = {k: v for k, v in self.init_params_.items() if k not in scoring}
+        enc = self.init_params_["encoder_kwargs"]
+        if self._has_encoder:
+            enc = {"n_d": 64, "n_a": 32, "dropout_rate": 0.1, **(enc or {})}
+            enc["log_normalize_input"] = self.setup_.scale == "counts"
+            n_emb = None
+        else:
+            enc = None
+            n_emb = int(self.extra_arrays_["n_embedding"][0])
+        return EmbeddingScoreModule(
+            self.n_vars, len(self.vocab_["labels"]), n_embedding=n_emb, encoder_kwargs=enc, **p
+        )
+
+    # ------------------------------------------------------------------ training
+    def train(
+        self,
+        *,
+        max_epochs: int = 200,
+        encoder_max_epochs: int = 50,
+        batch_size: int = 128,
+        lr: float = 2e-3,
+        encoder_lr: float = 5e-3,
+        train_size: float = 0.9,
+        train_indices: np.ndarray | None = None,
+        validation_indices: np.ndarray | None = None,
+        early_stopping_patience: int = 20,
+        **kwargs: Any,
+    ) -> None:
+        """Train the encoder (if any), then the denoiser, then calibrate the temperature on validation cells.
+
+        Parameters
+        ----------
+        max_epochs
+            Maximum epochs of the denoiser.
+        encoder_max_epochs
+            Maximum epochs of the internal TabNet encoder (classification loss).
+        batch_size
+            Cells per batch.
+        lr
+            Learning rate of the denoiser.
+        encoder_lr
+            Learning rate of the encoder.
+        train_size
+            Fraction of cells for training when no indices are given; the rest is the validation set used for
+            early stopping and the temperature.
+        train_indices, validation_indices
+            Explicit integer positions.
+        early_stopping_patience
+            Epochs without validation improvement before stopping (each stage).
+        **kwargs
+            Passed to :meth:`BaseModel.train` (``accelerator``, ``logger``, ...).
+        """
+        from ..train import split_indices
+
+        n = self.adata.n_obs
+        if train_indices is None:
+            tr, va = split_indices(n, train_size=train_size, validation_size=None, seed=settings.seed)
+        else:
+            tr = np.asarray(train_indices)
+            va = (
+                np.setdiff1d(np.arange(n), tr)
+                if validation_indices is None
+                else np.asarray(validation_indices)
+            )
+        common = {"batch_size": batch_size, "train_indices": tr, "validation_indices": va, **kwargs}
+        history: dict = {}
+        encoder = self.module.encoder
+        if encoder is not None:
+            for p in encoder.parameters():
+                p.requires_grad_(True)
+            super().train(
+                max_epochs=encoder_max_epochs,
+                lr=encoder_lr,
+                weight_decay=1e-4,
+                early_stopping_patience=early_stopping_patience,
+                plan_kwargs={"loss_kwargs": {"stage": "encoder"}},
+                **common,
+            )
+            history.update({f"encoder_{k}": v for k, v in self.history_.items()})
+            for p in encoder.parameters():
+                p.requires_grad_(False)
+        emb = self._embeddings(self._prepare(self.adata, keys=self._input_keys()), batch_size=1024)
+        std = emb[tr].std(axis=0)
+        self.module.score.set_standardization(
+            torch.from_numpy(emb[tr].mean(axis=0)), torch.from_numpy(np.where(std > 0, std, 1.0))
+        )
+        self.module.train()  # the base leaves the module in eval mode after the encoder stage
+        super().train(
+            max_epochs=max_epochs,
+            lr=lr,
+            early_stopping_patience=early_stopping_patience,
+            plan_kwargs={"loss_kwargs": {"stage": "diffusion"}},
+            **common,
+        )
+        history.update(self.history_)
+        self.history_ = history
+        calib = va if len(va) else tr
+        errors = self._class_errors(emb[calib])
+        y = self._encode_categories(self.adata, ["labels"])["labels"][calib]
+        self.temperature_ = fit_temperature(-errors, y)
+
+    # ------------------------------------------------------------------ inference
+    def _embeddings(self, prepared: Any, *, batch_size: int) -> np.ndarray:
+        return self._module_outputs(prepared, self.module.embed, batch_size=batch_size)
+
+    def _class_errors(self, emb: np.ndarray, *, batch_size: int = 256) -> np.ndarray:
+        p = self.init_params_
+        gen = torch.Generator().manual_seed(settings.seed)
+        self.module.eval()
+        out = []
+        with torch.no_grad():
+            for start in range(0, emb.shape[0], batch_size):
+                x = torch.from_numpy(np.ascontiguousarray(emb[start : start + batch_size]))
+                out.append(
+                    self.module.score.class_errors(
+                        x.to(self.device),
+                        n_eval_timesteps=p["n_eval_timesteps"],
+                        n_noise=p["n_noise"],
+                        generator=gen,
+                    ).cpu()
+                )
+        return torch.cat(out).numpy().astype(np.float64)
+
+    def _probabilities(self, prepared: Any, *, batch_size: int) -> np.ndarray:
+        z = -self._class_errors(self._embeddings(prepared, batch_size=batch_size)) / self.temperature_
+        z -= z.max(axis=1, keepdims=True)
+        e = np.exp(z)
+        return e / e.sum(axis=1, keepdims=True)
+
+    def get_class_scores(self, adata: AnnData | None = None, *, batch_size: int = 1024) -> np.ndarray:
+        """SCORE class scores: negative expected denoising error of every cell under every class.
+
+        Parameters
+        ----------
+        adata
+            Cells (default: the training AnnData).
+        batch_size
+            Cells per encoder pass.
+
+        Returns
+        -------
+        ``(n_cells, n_classes)`` scores (higher = more likely), columns in the order of :attr:`classes_`.
+        """
+        self._check_trained()
+        prepared = self._prepare(adata, keys=self._input_keys())
+        return -self._class_errors(self._embeddings(prepared, batch_size=batch_size))
+
+    def get_embedding(self, adata: AnnData | None = None, *, batch_size: int = 1024) -> np.ndarray:
+        """The embedding the diffusion model works on (encoder output, or the registered ``obsm`` matrix).
+
+        Parameters
+        ----------
+        adata
+            Cells (default: the training AnnData).
+        batch_size
+            Cells per forward pass.
+
+        Returns
+        -------
+        ``(n_cells, n_embedding)`` array.
+        """
+        self._check_trained()
+        return self._embeddings(self._prepare(adata, keys=self._input_keys()), batch_size=batch_size)
+
+    # ------------------------------------------------------------------ persistence
+    def _extra_metadata(self) -> dict[str, Any]:
+        return {"temperature": self.temperature_}
+
+    def _set_extra_metadata(self, meta: Mapping[str, Any]) -> None:
+        self.temperature_ = float(meta.get("temperature", 1.0))

@@ -1,0 +1,197 @@
+"""scTab's classifier: a TabNet encoder (Arik & Pfister 2021) with a linear head (Fischer et al. 2024)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+from anndata import AnnData
+
+from ..module._tabnet import TabNetModule
+from ._base import BaseModel
+from ._classifier import ClassifierMixin, InputScale, setup_classifier
+
+__all__ = ["TabNetClassifier"]
+
+
+class TabNetClassifier(ClassifierMixin, BaseModel):
+    """TabNet cell-type classifier as in scTab.
+
+    Sequential attention over genes: each decision step selects genes with a sparsemax mask computed by an
+    attentive transformer, a feature transformer of GLU blocks (shared + step-specific, ghost batch norm) turns
+    the masked expression into a decision output, and the summed decision outputs form the cell embedding
+    (:meth:`get_embedding`) fed to a linear softmax head. Input: 10⁴-normalised log1p expression (from counts
+    when ``scale="counts"``).
+
+    Parameters
+    ----------
+    adata
+        AnnData registered with :meth:`setup_anndata`.
+    n_d
+        Decision width = embedding width.
+    n_a
+        Attention width.
+    n_steps
+        Decision steps.
+    gamma
+        Feature re-use relaxation of the mask prior.
+    n_shared, n_independent
+        Shared and step-specific GLU blocks of the feature transformer.
+    virtual_batch_size
+        Ghost batch size.
+    lambda_sparse
+        Weight of the mask-entropy regulariser.
+    dropout_rate
+        Dropout on the embedding before the head.
+
+    Examples
+    --------
+    >>> import scpredict as sp
+    >>> adata = sp.datasets.synthetic_celltypes(n_cells=200, n_genes=50)
+    >>> sp.models.TabNetClassifier.setup_anndata(adata, labels_key="cell_type")
+    >>> model = sp.models.TabNetClassifier(adata, n_d=16, n_a=16)
+    >>> model.train(max_epochs=2)
+    >>> model.get_embedding(adata).shape
+    (200, 16)
+    """
+
+    @classmethod
+    def setup_anndata(
+        cls,
+        adata: AnnData,
+        *,
+        labels_key: str,
+        layer: str | None = None,
+        embedding_key: str | None = None,
+        scale: InputScale = "counts",
+    ) -> None:
+        """Register the expression layer and the cell-type labels.
+
+        Parameters
+        ----------
+        adata
+            Training data.
+        labels_key
+            ``obs`` column with the cell types.
+        layer
+            Expression layer (``None`` = ``X``, ``"raw"`` = ``adata.raw.X``).
+        embedding_key
+            Not used by this model (accepted for the common interface); must name an ``obsm`` key if given.
+        scale
+            Declared scale of ``layer``: ``"counts"`` (normalised to 10⁴ per cell + log1p inside the
+            network), ``"log1p"`` or ``"any"``. Checked now and on every new AnnData.
+        """
+        setup_classifier(
+            cls, adata, labels_key=labels_key, layer=layer, embedding_key=embedding_key, scale=scale
+        )
+
+    def __init__(
+        self,
+        adata: AnnData,
+        *,
+        n_d: int = 128,
+        n_a: int = 64,
+        n_steps: int = 1,
+        gamma: float = 1.3,
+        n_shared: int = 2,
+        n_independent: int = 2,
+        virtual_batch_size: int = 256,
+        lambda_sparse: float = 1e-5,
+        dropout_rate: float = 0.1,
+    ) -> None:
+        super().__init__(
+            adata,
+            n_d=n_d,
+            n_a=n_a,
+            n_steps=n_steps,
+            gamma=gamma,
+            n_shared=n_shared,
+            n_independent=n_independent,
+            virtual_batch_size=virtual_batch_size,
+            lambda_sparse=lambda_sparse,
+            dropout_rate=dropout_rate,
+        )
+        self.module = self._build_module()
+
+    def _build_module(self) -> TabNetModule:
+        return TabNetModule(
+            self.n_vars,
+            len(self.vocab_["labels"]),
+            log_normalize_input=self.setup_.scale == "counts",
+            **self.init_params_,
+        )
+
+    def train(
+        self,
+        *,
+        max_epochs: int = 50,
+        batch_size: int = 128,
+        lr: float = 5e-3,
+        weight_decay: float = 1e-4,
+        **kwargs: Any,
+    ) -> None:
+        """Train with Lightning (see :meth:`BaseModel.train` for every other argument).
+
+        Parameters
+        ----------
+        max_epochs
+            Maximum number of epochs (early stopping on the validation loss).
+        batch_size
+            Cells per batch.
+        lr
+            AdamW learning rate.
+        weight_decay
+            Decoupled weight decay.
+        **kwargs
+            Passed to :meth:`BaseModel.train` (``train_size``, ``train_indices``, ``accelerator``, ...).
+        """
+        super().train(
+            max_epochs=max_epochs, batch_size=batch_size, lr=lr, weight_decay=weight_decay, **kwargs
+        )
+
+    def _probabilities(self, prepared: Any, *, batch_size: int) -> np.ndarray:
+        return self._module_outputs(
+            prepared, lambda b: torch.softmax(self.module(b["X"])["logits"], dim=-1), batch_size=batch_size
+        )
+
+    def get_embedding(self, adata: AnnData | None = None, *, batch_size: int = 1024) -> np.ndarray:
+        """Cell embedding: the summed decision outputs of the feature transformer (scTab's embedding).
+
+        Parameters
+        ----------
+        adata
+            Cells (default: the training AnnData); genes aligned by name, labels not needed.
+        batch_size
+            Cells per forward pass.
+
+        Returns
+        -------
+        ``(n_cells, n_d)`` array.
+        """
+        self._check_trained()
+        prepared = self._prepare(adata, keys=["X"])
+        return self._module_outputs(
+            prepared, lambda b: self.module.encode(b["X"])["embedding"], batch_size=batch_size
+        )
+
+    def get_feature_importance(self, adata: AnnData | None = None, *, batch_size: int = 1024) -> np.ndarray:
+        """Aggregate TabNet mask importance per cell and gene (Arik & Pfister 2021, eq. 5).
+
+        Parameters
+        ----------
+        adata
+            Cells (default: the training AnnData).
+        batch_size
+            Cells per forward pass.
+
+        Returns
+        -------
+        ``(n_cells, n_genes)`` non-negative array with rows summing to one, genes in the model's order
+        (``model.var_names_``).
+        """
+        self._check_trained()
+        prepared = self._prepare(adata, keys=["X"])
+        return self._module_outputs(
+            prepared, lambda b: self.module.feature_importance(b["X"]), batch_size=batch_size
+        )

@@ -1,0 +1,352 @@
+"""Class-conditional denoising network over cell embeddings: the SCORE model's network.
+
+A DDPM (Ho et al., NeurIPS 2020) ε-prediction network ``ε_θ(x_t, t, y)`` over low-dimensional cell
+embeddings (e.g. scTab's feature-transformer output, Fischer et al. 2024), conditioned on the cell type ``y``
+with an extra "null" class so that one network also gives the unconditional model (classifier-free guidance,
+Ho & Salimans 2022).
+
+Classification follows the diffusion-classifier idea (Li et al., "Your Diffusion Model is Secretly a
+Zero-Shot Classifier", ICCV 2023; Clark & Jaini, "Text-to-Image Diffusion Models are Zero-Shot
+Classifiers", NeurIPS 2023) that the "Keeping SCORE" seed applies to scTab embeddings: the class score is the
+negative expected denoising error ``−E_{t,ε} ‖ε − ε_θ(x_t, t, y)‖²``, a Monte-Carlo estimate of the class
+conditional ELBO up to constants, evaluated with the *same* ``(t, ε)`` draws for every class so that the
+comparison between classes has low variance. The model class turns the scores into probabilities with a
+temperature-scaled softmax.
+
+The noise schedule is :class:`scpredict.nn._diffusion.NoiseSchedule` and sampling uses its DDIM sampler.
+Pure torch; never imports anndata.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from ..nn._diffusion import NoiseSchedule, ddim_sample
+from ..train import LossOutput
+from ._tabnet import TabNetModule
+
+__all__ = ["ScoreModule", "EmbeddingScoreModule", "timestep_embedding"]
+
+
+def timestep_embedding(t: torch.Tensor, dim: int, *, max_period: float = 10_000.0) -> torch.Tensor:
+    """Sinusoidal embedding of integer timesteps (Vaswani et al. 2017; Ho et al. 2020).
+
+    Parameters
+    ----------
+    t
+        ``(n,)`` timesteps.
+    dim
+        Embedding width (even).
+    max_period
+        Longest wavelength.
+
+    Returns
+    -------
+    ``(n, dim)`` tensor ``[cos(t·f_k), sin(t·f_k)]``.
+    """
+    half = dim // 2
+    freqs = torch.exp(-math.log(max_period) * torch.arange(half, device=t.device, dtype=torch.float32) / half)
+    args = t.float()[:, None] * freqs[None]
+    emb = torch.cat([torch.cos(args), torch.sin(args)], dim=-1)
+    if dim % 2:
+        emb = F.pad(emb, (0, 1))
+    return emb
+
+
+class _ResidualBlock(nn.Module):
+    """Pre-norm MLP block with FiLM conditioning: ``h + W₂ σ(W₁ (LN(h)(1+s) + b))``."""
+
+    def __init__(self, n_hidden: int, *, dropout_rate: float) -> None:
+        super().__init__()
+        self.norm = nn.LayerNorm(n_hidden, elementwise_affine=False)
+        self.film = nn.Linear(n_hidden, 2 * n_hidden)
+        self.fc1 = nn.Linear(n_hidden, 2 * n_hidden)
+        self.fc2 = nn.Linear(2 * n_hidden, n_hidden)
+        self.dropout = nn.Dropout(dropout_rate)
+        nn.init.zeros_(self.fc2.weight)
+        nn.init.zeros_(self.fc2.bias)
+
+    def forward(self, h: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:  # noqa: D102
+        scale, shift = self.film(F.silu(cond)).chunk(2, dim=-1)
+        z = self.norm(h) * (1 + scale) + shift
+        return h + self.fc2(self.dropout(F.silu(self.fc1(z))))
+
+
+class ScoreModule(nn.Module):
+    """ε-prediction network conditioned on timestep and class.
+
+    Parameters
+    ----------
+    n_input
+        Embedding width.
+    n_classes
+        Number of classes; index ``n_classes`` is the null (unconditional) class.
+    n_timesteps
+        Number of diffusion steps ``T``.
+    noise_schedule
+        ``"cosine"`` or ``"linear"`` (see :class:`~scpredict.nn._diffusion.NoiseSchedule`).
+    n_hidden
+        Width of the residual MLP.
+    n_layers
+        Number of residual blocks.
+    n_time_embed
+        Width of the sinusoidal timestep embedding.
+    dropout_rate
+        Dropout inside the blocks.
+    p_uncond
+        Probability of replacing a training label by the null class.
+    """
+
+    def __init__(
+        self,
+        n_input: int,
+        n_classes: int,
+        *,
+        n_timesteps: int = 1000,
+        noise_schedule: str = "cosine",
+        n_hidden: int = 256,
+        n_layers: int = 3,
+        n_time_embed: int = 64,
+        dropout_rate: float = 0.0,
+        p_uncond: float = 0.1,
+    ) -> None:
+        super().__init__()
+        self.n_input, self.n_classes = int(n_input), int(n_classes)
+        self.n_time_embed, self.p_uncond = int(n_time_embed), float(p_uncond)
+        self.schedule = NoiseSchedule(n_timesteps, kind=noise_schedule)
+        # standardisation of the embedding, set by the model from its training data
+        self.register_buffer("x_mean", torch.zeros(self.n_input))
+        self.register_buffer("x_std", torch.ones(self.n_input))
+        self.time_mlp = nn.Sequential(
+            nn.Linear(self.n_time_embed, n_hidden), nn.SiLU(), nn.Linear(n_hidden, n_hidden)
+        )
+        self.class_embedding = nn.Embedding(self.n_classes + 1, n_hidden)
+        self.input = nn.Linear(self.n_input, n_hidden)
+        self.blocks = nn.ModuleList(
+            [_ResidualBlock(n_hidden, dropout_rate=dropout_rate) for _ in range(n_layers)]
+        )
+        self.out_norm = nn.LayerNorm(n_hidden)
+        self.out = nn.Linear(n_hidden, self.n_input)
+        nn.init.zeros_(self.out.weight)
+        nn.init.zeros_(self.out.bias)
+
+    @property
+    def n_timesteps(self) -> int:
+        """Number of diffusion steps of the schedule."""
+        return self.schedule.n_steps
+
+    @property
+    def null_class(self) -> int:
+        """Index of the unconditional class."""
+        return self.n_classes
+
+    def set_standardization(self, mean: torch.Tensor, std: torch.Tensor) -> None:
+        """Store the per-dimension mean and standard deviation used to standardise embeddings."""
+        self.x_mean.copy_(torch.as_tensor(mean, dtype=torch.float32))
+        self.x_std.copy_(torch.as_tensor(std, dtype=torch.float32).clamp_min(1e-6))
+
+    def standardize(self, x: torch.Tensor) -> torch.Tensor:
+        """Embedding → standardised diffusion space."""
+        return (x - self.x_mean) / self.x_std
+
+    def unstandardize(self, z: torch.Tensor) -> torch.Tensor:
+        """Standardised diffusion space → embedding."""
+        return z * self.x_std + self.x_mean
+
+    def forward(self, x_t: torch.Tensor, t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """Predict the noise ``ε_θ(x_t, t, y)``; ``y == n_classes`` means unconditional."""
+        cond = self.time_mlp(timestep_embedding(t, self.n_time_embed)) + self.class_embedding(y)
+        h = self.input(x_t)
+        for block in self.blocks:
+            h = block(h, cond)
+        return self.out(self.out_norm(h))
+
+    def denoising_loss(
+        self, x: torch.Tensor, y: torch.Tensor, *, generator: torch.Generator | None = None
+    ) -> torch.Tensor:
+        """Denoising loss ``E ‖ε − ε_θ(x_t, t, y)‖²`` (mean over dimensions) with label dropout.
+
+        Parameters
+        ----------
+        x
+            ``(n, n_input)`` embeddings (not yet standardised).
+        y
+            ``(n,)`` class indices.
+        generator
+            Random generator for ``t``, ``ε`` and label dropout.
+        """
+        x0 = self.standardize(x)
+        n = x0.shape[0]
+        t = torch.randint(0, self.n_timesteps, (n,), device=x0.device, generator=generator)
+        noise = torch.randn(x0.shape, device=x0.device, generator=generator)
+        if self.training and self.p_uncond > 0:
+            drop = torch.rand(n, device=x0.device, generator=generator) < self.p_uncond
+            y = torch.where(drop, torch.full_like(y, self.null_class), y)
+        eps = self(self.schedule.q_sample(x0, t, noise), t, y)
+        return F.mse_loss(eps, noise)
+
+    def eval_timesteps(self, n_eval_timesteps: int) -> torch.Tensor:
+        """Evenly spaced timesteps (centres of ``n_eval_timesteps`` equal bins) used for scoring."""
+        edges = torch.linspace(0, self.n_timesteps, n_eval_timesteps + 1, device=self.schedule.betas.device)
+        return ((edges[:-1] + edges[1:]) / 2).long().clamp_max(self.n_timesteps - 1)
+
+    @torch.no_grad()
+    def class_errors(
+        self,
+        x: torch.Tensor,
+        *,
+        n_eval_timesteps: int = 25,
+        n_noise: int = 2,
+        generator: torch.Generator | None = None,
+    ) -> torch.Tensor:
+        """Expected denoising error of every cell under every class.
+
+        The same timesteps and noise draws are used for all classes of a cell (paired comparison).
+
+        Parameters
+        ----------
+        x
+            ``(n, n_input)`` embeddings (not yet standardised).
+        n_eval_timesteps
+            Number of evenly spaced timesteps averaged over.
+        n_noise
+            Noise draws per timestep.
+        generator
+            Random generator for the noise (fix its seed for reproducible scores).
+
+        Returns
+        -------
+        ``(n, n_classes)`` mean squared denoising error; the SCORE class score is its negative.
+        """
+        x0 = self.standardize(x)
+        n, d = x0.shape
+        c = self.n_classes
+        ts = self.eval_timesteps(n_eval_timesteps)
+        classes = torch.arange(c, device=x0.device).repeat(n)  # (n*c,) as [0..c-1, 0..c-1, ...]
+        total = x0.new_zeros(n, c)
+        for t_val in ts:
+            t = torch.full((n * c,), int(t_val), device=x0.device, dtype=torch.long)
+            for _ in range(n_noise):
+                noise = torch.randn(x0.shape, device=x0.device, generator=generator)
+                x_t = self.schedule.q_sample(x0, t[:n], noise)
+                eps = self(x_t.repeat_interleave(c, dim=0), t, classes)
+                err = (eps - noise.repeat_interleave(c, dim=0)).pow(2).mean(dim=-1)
+                total += err.view(n, c)
+        return total / (len(ts) * n_noise)
+
+    @torch.no_grad()
+    def sample(
+        self,
+        y: torch.Tensor,
+        *,
+        n_sampling_steps: int = 50,
+        guidance_scale: float = 0.0,
+        clip_x0: float | None = 10.0,
+        generator: torch.Generator | None = None,
+    ) -> torch.Tensor:
+        """Draw embeddings of the given classes with deterministic DDIM sampling (Song et al., ICLR 2021).
+
+        Parameters
+        ----------
+        y
+            ``(n,)`` class indices (``n_classes`` = unconditional).
+        n_sampling_steps
+            Number of (strided) denoising steps.
+        guidance_scale
+            Classifier-free guidance weight ``w``: ``ε = (1+w) ε(x,t,y) − w ε(x,t,∅)``; 0 = plain conditional.
+        clip_x0
+            Clip the predicted clean sample to ``[−clip_x0, clip_x0]`` (standardised units) at each step.
+        generator
+            Random generator of the initial noise.
+
+        Returns
+        -------
+        ``(n, n_input)`` samples in embedding space (un-standardised).
+        """
+        y = y.long()
+        null = torch.full_like(y, self.null_class)
+
+        def eps_fn(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+            eps = self(x, t, y)
+            if guidance_scale:
+                eps = (1 + guidance_scale) * eps - guidance_scale * self(x, t, null)
+            return eps
+
+        x_t = torch.randn((y.shape[0], self.n_input), device=self.x_mean.device, generator=generator)
+        x0 = ddim_sample(eps_fn, self.schedule, x_t, n_steps=n_sampling_steps, clip_x0=clip_x0)
+        return self.unstandardize(x0)
+
+
+class EmbeddingScoreModule(nn.Module):
+    """A :class:`ScoreModule` over cell embeddings, optionally with its own TabNet encoder of expression.
+
+    With ``encoder_kwargs`` the embedding is the decision output of a :class:`~scpredict.module._tabnet.TabNetModule`
+    trained first as a classifier (stage ``"encoder"``) and then frozen while the denoiser is trained
+    (stage ``"diffusion"``), as in the "Keeping SCORE" pipeline (scTab embeddings → diffusion model).
+    Without it, the embedding is read from ``batch["embedding"]`` (an ``obsm`` matrix).
+
+    Parameters
+    ----------
+    n_input
+        Number of genes (input of the encoder).
+    n_classes
+        Number of classes (0: unconditional).
+    n_embedding
+        Width of an external embedding (ignored with ``encoder_kwargs``).
+    encoder_kwargs
+        Keyword arguments of :class:`~scpredict.module._tabnet.TabNetModule`, or ``None`` for no encoder.
+    **score_kwargs
+        Keyword arguments of :class:`ScoreModule`.
+    """
+
+    def __init__(
+        self,
+        n_input: int,
+        n_classes: int,
+        *,
+        n_embedding: int | None = None,
+        encoder_kwargs: dict | None = None,
+        **score_kwargs,
+    ) -> None:
+        super().__init__()
+        self.encoder = (
+            None if encoder_kwargs is None else TabNetModule(n_input, max(n_classes, 1), **encoder_kwargs)
+        )
+        width = self.encoder.n_d if self.encoder is not None else n_embedding
+        if width is None:
+            msg = "pass n_embedding (the width of the obsm embedding) or encoder_kwargs."
+            raise ValueError(msg)
+        self.score = ScoreModule(int(width), n_classes, **score_kwargs)
+
+    def embed(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """The embedding of a batch: encoder output of ``batch["X"]`` or ``batch["embedding"]``."""
+        if self.encoder is None:
+            return batch["embedding"]
+        return self.encoder.encode(batch["X"])["embedding"]
+
+    def _labels(self, batch: dict[str, torch.Tensor], n: int, device: torch.device) -> torch.Tensor:
+        if "labels" in batch and self.score.n_classes > 0:
+            return batch["labels"].long().squeeze(-1)
+        return torch.full((n,), self.score.null_class, dtype=torch.long, device=device)
+
+    def loss(self, batch: dict[str, torch.Tensor], *, stage: str = "diffusion") -> LossOutput:
+        """Stage ``"encoder"``: the encoder's classification loss; stage ``"diffusion"``: denoising loss on
+        the (frozen, eval-mode) embedding."""
+        if stage == "encoder":
+            if self.encoder is None:
+                msg = "stage='encoder' needs a module built with encoder_kwargs."
+                raise ValueError(msg)
+            return self.encoder.loss(batch)
+        if self.encoder is not None:
+            self.encoder.eval()
+            with torch.no_grad():
+                z = self.embed(batch)
+        else:
+            z = self.embed(batch)
+        y = self._labels(batch, z.shape[0], z.device)
+        loss = self.score.denoising_loss(z, y)
+        return LossOutput(loss=loss, metrics={"denoising_mse": loss.detach()}, n_obs=z.shape[0])

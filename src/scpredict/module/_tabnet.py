@@ -1,0 +1,372 @@
+"""TabNet network (Arik & Pfister 2021) as used by scTab (Fischer et al. 2024).
+
+Written from the papers:
+
+- S. Ö. Arik and T. Pfister, "TabNet: Attentive Interpretable Tabular Learning", AAAI 2021.
+  A decision step reads a masked view of the input; the mask comes from an *attentive transformer*
+  (FC → ghost batch norm → multiplication by a prior → sparsemax). A *feature transformer* (GLU blocks,
+  some shared between steps, some step-specific, residuals scaled by √0.5) turns the masked input into a
+  decision part ``d`` (ReLU, summed over steps into the embedding) and an attention part ``a`` (input of the
+  next step's attentive transformer). The prior ``P = Π_j (γ − M_j)`` discourages re-using features and the
+  entropy of the masks is a sparsity regulariser.
+- A. F. T. Martins and R. F. Astudillo, "From Softmax to Sparsemax", ICML 2016 (the mask activation).
+- E. Hoffer et al., "Train longer, generalize better", NeurIPS 2017 (ghost batch normalisation).
+- F. Fischer et al., "scTab: Scaling cross-tissue single-cell annotation models", Nat Commun 2024: TabNet on
+  log1p(10k-normalised) expression of a fixed gene space, ``n_d = n_a = 128``, one to few decision steps,
+  ``γ = 1.3``, sparsity weight ``1e-5``, ghost batches of 256 cells; the cell embedding is the aggregated
+  decision output of the feature transformer (before the classification head).
+
+The module is pure torch; it never imports anndata.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from ..train import LossOutput
+
+__all__ = [
+    "GhostBatchNorm",
+    "GLUBlock",
+    "FeatureTransformer",
+    "AttentiveTransformer",
+    "TabNetModule",
+    "sparsemax",
+]
+
+
+class _Sparsemax(torch.autograd.Function):
+    """Sparsemax along the last dimension with its closed-form Jacobian-vector product."""
+
+    @staticmethod
+    def forward(ctx, z: torch.Tensor) -> torch.Tensor:  # noqa: D102
+        z = z - z.max(dim=-1, keepdim=True).values  # shift-invariant; improves numerics
+        z_sorted, _ = torch.sort(z, dim=-1, descending=True)
+        cumsum = z_sorted.cumsum(dim=-1)
+        k = torch.arange(1, z.shape[-1] + 1, device=z.device, dtype=z.dtype)
+        support = 1 + k * z_sorted > cumsum  # k(z) = max{k : 1 + k z_(k) > Σ_{j≤k} z_(j)}
+        k_z = support.sum(dim=-1, keepdim=True)
+        tau = (cumsum.gather(-1, k_z - 1) - 1) / k_z.to(z.dtype)
+        out = torch.clamp(z - tau, min=0.0)
+        ctx.save_for_backward(out)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad_out: torch.Tensor) -> torch.Tensor:  # noqa: D102
+        (out,) = ctx.saved_tensors
+        on = out > 0
+        n_on = on.sum(dim=-1, keepdim=True).to(grad_out.dtype)
+        mean = (grad_out * on).sum(dim=-1, keepdim=True) / n_on
+        return torch.where(on, grad_out - mean, torch.zeros_like(grad_out))
+
+
+def sparsemax(z: torch.Tensor) -> torch.Tensor:
+    """Euclidean projection of each row of ``z`` onto the probability simplex (Martins & Astudillo 2016).
+
+    Parameters
+    ----------
+    z
+        Scores, projected along the last dimension.
+
+    Returns
+    -------
+    Non-negative tensor of the same shape whose last dimension sums to one; small scores become exactly 0.
+    """
+    return _Sparsemax.apply(z)
+
+
+class GhostBatchNorm(nn.Module):
+    """Batch normalisation over "virtual" batches (Hoffer et al. 2017).
+
+    In training, the batch is split into chunks of ``virtual_batch_size`` rows, each normalised with its own
+    statistics (running statistics are updated from every chunk); in evaluation the running statistics are
+    used, exactly as in :class:`torch.nn.BatchNorm1d`.
+
+    Parameters
+    ----------
+    n_features
+        Number of features.
+    virtual_batch_size
+        Rows per ghost batch.
+    momentum
+        Momentum of the running statistics.
+    """
+
+    def __init__(self, n_features: int, *, virtual_batch_size: int = 256, momentum: float = 0.02) -> None:
+        super().__init__()
+        self.virtual_batch_size = int(virtual_batch_size)
+        self.bn = nn.BatchNorm1d(n_features, momentum=momentum)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # noqa: D102
+        if not self.training or x.shape[0] <= self.virtual_batch_size:
+            if self.training and x.shape[0] == 1:
+                # batch norm cannot estimate a variance from one row; use running statistics
+                return F.batch_norm(
+                    x,
+                    self.bn.running_mean,
+                    self.bn.running_var,
+                    self.bn.weight,
+                    self.bn.bias,
+                    False,
+                    0.0,
+                    self.bn.eps,
+                )
+            return self.bn(x)
+        n_chunks = math.ceil(x.shape[0] / self.virtual_batch_size)
+        chunks = x.chunk(n_chunks, dim=0)
+        return torch.cat([self.bn(c) if c.shape[0] > 1 else self._eval_bn(c) for c in chunks], dim=0)
+
+    def _eval_bn(self, x: torch.Tensor) -> torch.Tensor:
+        bn = self.bn
+        return F.batch_norm(x, bn.running_mean, bn.running_var, bn.weight, bn.bias, False, 0.0, bn.eps)
+
+
+class GLUBlock(nn.Module):
+    """``FC → ghost BN → GLU``: a linear layer to ``2·n_out`` units gated by a sigmoid half.
+
+    A layer shared between decision steps (``fc=``) is referenced, not registered, here: it is registered
+    once by its owner, so it appears once in a ``state_dict`` (safetensors refuses aliased tensors).
+    """
+
+    def __init__(
+        self,
+        n_in: int,
+        n_out: int,
+        *,
+        fc: nn.Linear | None = None,
+        virtual_batch_size: int = 256,
+        momentum: float = 0.02,
+    ) -> None:
+        super().__init__()
+        if fc is None:
+            self.fc = nn.Linear(n_in, 2 * n_out, bias=False)
+            self._shared: tuple[nn.Linear, ...] = ()
+        else:
+            self.fc = None
+            self._shared = (fc,)  # a tuple attribute is not registered as a submodule
+        self.bn = GhostBatchNorm(2 * n_out, virtual_batch_size=virtual_batch_size, momentum=momentum)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # noqa: D102
+        fc = self.fc if self.fc is not None else self._shared[0]
+        return F.glu(self.bn(fc(x)), dim=-1)
+
+
+class FeatureTransformer(nn.Module):
+    """Stack of GLU blocks: the first ``len(shared)`` use layers shared across decision steps.
+
+    Every block after the first adds its input back, scaled by √0.5 to keep the variance constant
+    (Arik & Pfister 2021, Fig. 4).
+
+    Parameters
+    ----------
+    n_in
+        Input width (number of genes).
+    n_out
+        Output width, ``n_d + n_a``.
+    shared
+        Linear layers shared by all steps (the first maps ``n_in → 2·n_out``, the others ``n_out → 2·n_out``).
+    n_independent
+        Step-specific GLU blocks after the shared ones.
+    virtual_batch_size, momentum
+        Ghost batch norm settings.
+    """
+
+    def __init__(
+        self,
+        n_in: int,
+        n_out: int,
+        *,
+        shared: nn.ModuleList,
+        n_independent: int,
+        virtual_batch_size: int = 256,
+        momentum: float = 0.02,
+    ) -> None:
+        super().__init__()
+        kw = {"virtual_batch_size": virtual_batch_size, "momentum": momentum}
+        blocks = [GLUBlock(n_in, n_out, fc=fc, **kw) for fc in shared]
+        for i in range(n_independent):
+            blocks.append(GLUBlock(n_in if (i == 0 and not blocks) else n_out, n_out, **kw))
+        if not blocks:
+            msg = "a feature transformer needs at least one shared or independent GLU block."
+            raise ValueError(msg)
+        self.blocks = nn.ModuleList(blocks)
+        self.scale = math.sqrt(0.5)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # noqa: D102
+        h = self.blocks[0](x)
+        for block in self.blocks[1:]:
+            h = (h + block(h)) * self.scale
+        return h
+
+
+class AttentiveTransformer(nn.Module):
+    """``mask = sparsemax(P · GBN(FC(a)))`` with the prior ``P`` of feature re-use."""
+
+    def __init__(
+        self, n_a: int, n_features: int, *, virtual_batch_size: int = 256, momentum: float = 0.02
+    ) -> None:
+        super().__init__()
+        self.fc = nn.Linear(n_a, n_features, bias=False)
+        self.bn = GhostBatchNorm(n_features, virtual_batch_size=virtual_batch_size, momentum=momentum)
+
+    def forward(self, a: torch.Tensor, prior: torch.Tensor) -> torch.Tensor:  # noqa: D102
+        return sparsemax(self.bn(self.fc(a)) * prior)
+
+
+class TabNetModule(nn.Module):
+    """TabNet encoder plus a linear classification head.
+
+    Parameters
+    ----------
+    n_input
+        Number of input features (genes).
+    n_classes
+        Number of classes.
+    n_d
+        Width of the decision output of each step; also the embedding width.
+    n_a
+        Width of the attention output that feeds the next step's mask.
+    n_steps
+        Number of decision steps.
+    gamma
+        Relaxation of the feature re-use prior (1 = a feature is used by at most one step).
+    n_shared
+        GLU blocks shared across steps.
+    n_independent
+        Step-specific GLU blocks.
+    virtual_batch_size
+        Ghost batch size.
+    momentum
+        Batch-norm momentum.
+    dropout_rate
+        Dropout on the embedding before the head.
+    mask_eps
+        Constant inside the log of the sparsity (entropy) regulariser.
+    lambda_sparse
+        Weight of the sparsity regulariser in :meth:`loss`.
+    log_normalize_input
+        Turn raw counts into ``log1p(counts / total · 10⁴)`` first (scTab's preprocessing).
+    """
+
+    def __init__(
+        self,
+        n_input: int,
+        n_classes: int,
+        *,
+        n_d: int = 128,
+        n_a: int = 64,
+        n_steps: int = 1,
+        gamma: float = 1.3,
+        n_shared: int = 2,
+        n_independent: int = 2,
+        virtual_batch_size: int = 256,
+        momentum: float = 0.1,
+        dropout_rate: float = 0.0,
+        mask_eps: float = 1e-15,
+        lambda_sparse: float = 1e-5,
+        log_normalize_input: bool = False,
+    ) -> None:
+        super().__init__()
+        self.lambda_sparse = float(lambda_sparse)
+        self.log_normalize_input = bool(log_normalize_input)
+        if n_steps < 1:
+            msg = f"n_steps must be >= 1, got {n_steps}."
+            raise ValueError(msg)
+        self.n_input, self.n_classes = int(n_input), int(n_classes)
+        self.n_d, self.n_a, self.n_steps, self.gamma = int(n_d), int(n_a), int(n_steps), float(gamma)
+        self.mask_eps = float(mask_eps)
+        kw = {"virtual_batch_size": virtual_batch_size, "momentum": momentum}
+        n_hidden = self.n_d + self.n_a
+        self.input_bn = nn.BatchNorm1d(self.n_input, momentum=momentum)
+        shared = nn.ModuleList(
+            [
+                nn.Linear(self.n_input if i == 0 else n_hidden, 2 * n_hidden, bias=False)
+                for i in range(n_shared)
+            ]
+        )
+        self.shared = shared
+        # step 0 only produces the attention for the first mask; steps 1..n_steps produce decisions.
+        self.feature_transformers = nn.ModuleList(
+            [
+                FeatureTransformer(self.n_input, n_hidden, shared=shared, n_independent=n_independent, **kw)
+                for _ in range(self.n_steps + 1)
+            ]
+        )
+        self.attentive_transformers = nn.ModuleList(
+            [AttentiveTransformer(self.n_a, self.n_input, **kw) for _ in range(self.n_steps)]
+        )
+        self.dropout = nn.Dropout(dropout_rate)
+        self.head = nn.Linear(self.n_d, self.n_classes)
+
+    def encode(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Run the decision steps.
+
+        Parameters
+        ----------
+        x
+            ``(n_cells, n_input)`` input.
+
+        Returns
+        -------
+        ``{"embedding": (n_cells, n_d) sum of ReLU decision outputs, "masks": (n_steps, n_cells, n_input),
+        "sparsity_loss": scalar mean entropy of the masks}``.
+        """
+        x = self.input_bn(self._transform(x))
+        prior = torch.ones_like(x)
+        a = self.feature_transformers[0](x)[:, self.n_d :]
+        embedding = x.new_zeros(x.shape[0], self.n_d)
+        masks = []
+        entropy = x.new_zeros(())
+        for step in range(self.n_steps):
+            mask = self.attentive_transformers[step](a, prior)
+            masks.append(mask)
+            entropy = entropy + (-mask * torch.log(mask + self.mask_eps)).sum(dim=-1).mean()
+            prior = prior * (self.gamma - mask)
+            h = self.feature_transformers[step + 1](mask * x)
+            embedding = embedding + F.relu(h[:, : self.n_d])
+            a = h[:, self.n_d :]
+        return {"embedding": embedding, "masks": torch.stack(masks), "sparsity_loss": entropy / self.n_steps}
+
+    def _transform(self, x: torch.Tensor) -> torch.Tensor:
+        if self.log_normalize_input:
+            return torch.log1p(x * (1e4 / x.sum(dim=1, keepdim=True).clamp_min(1.0)))
+        return x
+
+    def loss(self, batch: dict[str, torch.Tensor]) -> LossOutput:
+        """Cross-entropy plus ``lambda_sparse`` × mask entropy; accuracy and sparsity as metrics."""
+        y = batch["labels"].long().squeeze(-1)
+        out = self(batch["X"])
+        ce = F.cross_entropy(out["logits"], y)
+        acc = (out["logits"].argmax(dim=-1) == y).float().mean()
+        return LossOutput(
+            loss=ce + self.lambda_sparse * out["sparsity_loss"],
+            metrics={"cross_entropy": ce, "accuracy": acc, "sparsity": out["sparsity_loss"]},
+            n_obs=y.shape[0],
+        )
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Encode and classify: adds ``"logits"`` ``(n_cells, n_classes)`` to :meth:`encode`'s dict."""
+        out = self.encode(x)
+        out["logits"] = self.head(self.dropout(out["embedding"]))
+        return out
+
+    def feature_importance(self, x: torch.Tensor) -> torch.Tensor:
+        """Per-cell aggregate feature importance (Arik & Pfister 2021, eq. 5), rows summing to one.
+
+        Each step's mask is weighted by that step's contribution ``Σ_c ReLU(d_c)`` to the decision.
+        """
+        x_bn = self.input_bn(self._transform(x))
+        prior = torch.ones_like(x_bn)
+        a = self.feature_transformers[0](x_bn)[:, self.n_d :]
+        agg = torch.zeros_like(x_bn)
+        for step in range(self.n_steps):
+            mask = self.attentive_transformers[step](a, prior)
+            prior = prior * (self.gamma - mask)
+            h = self.feature_transformers[step + 1](mask * x_bn)
+            agg = agg + mask * F.relu(h[:, : self.n_d]).sum(dim=-1, keepdim=True)
+            a = h[:, self.n_d :]
+        return agg / agg.sum(dim=-1, keepdim=True).clamp_min(1e-12)

@@ -1,0 +1,345 @@
+"""Cell-type classifiers (LogReg, XGBoost, Linear, TabNet, SCORE), their modules, EmbeddingDiffusion, tl/pl."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+import scpredict as sp
+from helpers import assert_adata_equal
+from scpredict.metrics import classification_report
+from scpredict.module._score import ScoreModule
+from scpredict.module._tabnet import GhostBatchNorm, TabNetModule, sparsemax
+from scpredict.pp import InputScaleError
+
+N_TRAIN = 300
+FAST = {"logger": None, "enable_checkpointing": False, "progress_bar": "none"}
+
+# name -> (init kwargs, train kwargs, setup kwargs); small settings so the file runs in well under a minute
+MODELS = {
+    "LogisticRegressionClassifier": ({}, {}, {}),
+    "XGBoostClassifier": ({"n_estimators": 30, "max_depth": 3}, {}, {}),
+    "LinearClassifier": ({}, {"max_epochs": 15, **FAST}, {}),
+    "TabNetClassifier": (
+        {"n_d": 16, "n_a": 16, "n_shared": 1, "n_independent": 1},
+        {"max_epochs": 15, "lr": 2e-2, **FAST},
+        {},
+    ),
+    "ScoreClassifier": (
+        {"n_hidden": 64, "n_layers": 2, "n_eval_timesteps": 10},
+        {"max_epochs": 40, "lr": 5e-3, "early_stopping_patience": 40, **FAST},
+        {"embedding_key": "X_pca"},
+    ),
+}
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _one_thread():
+    # two threads on a shared 2-core machine make small torch ops ~50x slower (spin contention)
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def _pca(adata, n_comps: int = 10) -> np.ndarray:
+    x = np.asarray(
+        adata.layers["log1p"].toarray()
+        if hasattr(adata.layers["log1p"], "toarray")
+        else adata.layers["log1p"]
+    )
+    x = x - x.mean(axis=0)
+    _, _, vt = np.linalg.svd(x, full_matrices=False)
+    return (x @ vt[:n_comps].T).astype(np.float32)
+
+
+@pytest.fixture(scope="module")
+def data():
+    """300 training cells and 100 held-out cells of 4 synthetic cell types (counts in X)."""
+    adata = sp.datasets.synthetic_celltypes(n_cells=N_TRAIN + 100, n_genes=100, seed=0)
+    adata.obsm["X_pca"] = _pca(adata)
+    return adata[:N_TRAIN].copy(), adata[N_TRAIN:].copy()
+
+
+@pytest.fixture(scope="module")
+def trained(data, tmp_path_factory):
+    """Every model trained once on the 300 training cells."""
+    old = sp.settings.log_dir
+    sp.settings.log_dir = tmp_path_factory.mktemp("logs")
+    models = {}
+    try:
+        for name, (init_kwargs, train_kwargs, setup_kwargs) in MODELS.items():
+            train = data[0].copy()
+            cls = getattr(sp.models, name)
+            cls.setup_anndata(train, labels_key="cell_type", **setup_kwargs)
+            model = cls(train, **init_kwargs)
+            model.train(**train_kwargs)
+            models[name] = model
+    finally:
+        sp.settings.log_dir = old
+    return models
+
+
+# ---------------------------------------------------------------- modules
+def test_sparsemax_hand_computed_and_gradient():
+    z = torch.tensor([[1.0, 0.5, -1.0], [0.2, 0.2, 0.2], [3.0, 0.0, 0.0]])
+    # row 1: support {1, 0.5}: tau = (1.5 - 1)/2 = 0.25 -> (0.75, 0.25, 0)
+    expected = torch.tensor([[0.75, 0.25, 0.0], [1 / 3, 1 / 3, 1 / 3], [1.0, 0.0, 0.0]])
+    torch.testing.assert_close(sparsemax(z), expected)
+    zz = torch.randn(5, 7, dtype=torch.double, requires_grad=True)
+    assert torch.autograd.gradcheck(sparsemax, (zz,))
+
+
+def test_ghost_batch_norm_normalises_each_virtual_batch():
+    gbn = GhostBatchNorm(3, virtual_batch_size=4)
+    gbn.train()
+    x = torch.cat([torch.randn(4, 3), torch.randn(4, 3) * 10 + 5])
+    out = gbn(x)
+    for chunk in out.split(4):
+        torch.testing.assert_close(chunk.mean(0), torch.zeros(3), atol=1e-5, rtol=0)
+    gbn.eval()  # evaluation uses running statistics: the two halves are no longer both centred
+    assert gbn(x)[4:].mean() > 0.1
+
+
+def test_tabnet_masks_are_sparse_distributions_and_prior_limits_reuse():
+    torch.manual_seed(0)
+    m = TabNetModule(20, 3, n_d=8, n_a=8, n_steps=3, gamma=1.0, virtual_batch_size=16)
+    out = m(torch.randn(32, 20))
+    masks = out["masks"]
+    assert masks.shape == (3, 32, 20) and out["embedding"].shape == (32, 8)
+    torch.testing.assert_close(masks.sum(-1), torch.ones(3, 32))
+    assert (masks == 0).any()  # sparsemax gives exact zeros
+    # gamma = 1: a feature fully used by one step gets prior 0 afterwards
+    used = masks[0] > 0.999
+    assert (masks[1:][:, used] < 1e-6).all()
+
+
+def test_score_module_paired_scores_prefer_the_class_of_the_cell():
+    torch.manual_seed(0)
+    net = ScoreModule(2, 2, n_timesteps=100, n_hidden=32, n_layers=2)
+    x = torch.cat([torch.randn(200, 2) * 0.3 + 2, torch.randn(200, 2) * 0.3 - 2])
+    y = torch.cat([torch.zeros(200), torch.ones(200)]).long()
+    net.set_standardization(x.mean(0), x.std(0))
+    opt = torch.optim.Adam(net.parameters(), lr=3e-3)
+    for _ in range(300):
+        loss = net.denoising_loss(x, y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    net.eval()
+    err = net.class_errors(x, n_eval_timesteps=10, n_noise=2, generator=torch.Generator().manual_seed(0))
+    assert (err.argmin(1) == y).float().mean() > 0.95
+    again = net.class_errors(x, n_eval_timesteps=10, n_noise=2, generator=torch.Generator().manual_seed(0))
+    torch.testing.assert_close(err, again)
+
+
+# ---------------------------------------------------------------- the five classifiers
+@pytest.mark.parametrize("name", list(MODELS))
+def test_separates_synthetic_cell_types(name, trained, data):
+    query = data[1].copy()
+    trained[name].predict(query, key_added="pred")
+    acc = np.mean(query.obs["pred"].astype(str).to_numpy() == query.obs["cell_type"].astype(str).to_numpy())
+    assert acc > 0.9, f"{name}: held-out accuracy {acc:.2f}"
+    proba = query.obsm["pred_proba"]
+    np.testing.assert_allclose(proba.sum(1), 1.0, atol=1e-5)
+    assert list(query.uns["pred"]["classes"]) == ["type0", "type1", "type2", "type3"]
+    np.testing.assert_allclose(query.obs["pred_confidence"], proba.max(1), rtol=1e-6)
+
+
+@pytest.mark.parametrize("name", list(MODELS))
+def test_save_load_keeps_class_order_and_predictions(name, trained, data, tmp_path):
+    model = trained[name]
+    model.save(tmp_path / "m")
+    assert not any(p.suffix in {".pkl", ".pickle", ".joblib"} for p in (tmp_path / "m").iterdir())
+    loaded = type(model).load(tmp_path / "m")
+    assert loaded.classes_ == model.classes_
+    np.testing.assert_allclose(loaded.get_probabilities(data[1]), model.get_probabilities(data[1]), atol=1e-5)
+
+
+@pytest.mark.parametrize("name", list(MODELS))
+def test_shuffled_genes_give_the_same_predictions(name, trained, data):
+    query = data[1]
+    perm = np.random.default_rng(1).permutation(query.n_vars)
+    shuffled = query[:, perm].copy()
+    np.testing.assert_allclose(
+        trained[name].get_probabilities(shuffled), trained[name].get_probabilities(query), atol=1e-5
+    )
+
+
+@pytest.mark.parametrize("name", ["LogisticRegressionClassifier", "TabNetClassifier"])
+def test_min_confidence_gives_unknown(name, trained, data):
+    query = data[1].copy()
+    model = trained[name]
+    conf = model.get_probabilities(query).max(1)
+    threshold = float(np.median(conf))
+    model.predict(query, key_added="p", min_confidence=threshold)
+    unknown = query.obs["p"].astype(str).to_numpy() == "unknown"
+    np.testing.assert_array_equal(unknown, conf < threshold)
+    assert query.uns["p"]["n_unknown"] == int(unknown.sum())
+
+
+def test_unseen_label_in_query_truth_is_reported(trained, data):
+    query = data[1].copy()
+    labels = query.obs["cell_type"].astype(str).to_numpy()
+    labels[:10] = "never_seen"
+    query.obs["cell_type"] = pd.Categorical(labels)
+    model = trained["LogisticRegressionClassifier"]
+    model.predict(query, key_added="p")  # labels are not read at prediction time
+    rep = classification_report(query.obs["cell_type"], query.obs["p"], classes=model.classes_)
+    assert rep["unseen_labels"] == ["never_seen"] and rep["n_unseen"] == 10
+    assert rep["per_class_f1"]["never_seen"] == 0.0
+
+
+def test_predict_without_labels_column(trained, data):
+    query = data[1].copy()
+    del query.obs["cell_type"]
+    trained["XGBoostClassifier"].predict(query, key_added="xgb")
+    assert query.obs["xgb"].notna().all()
+
+
+# ---------------------------------------------------------------- bad input
+def test_missing_labels_key_errors(data):
+    adata = data[0].copy()
+    with pytest.raises(KeyError, match="no_such_column"):
+        sp.models.LinearClassifier.setup_anndata(adata, labels_key="no_such_column")
+
+
+def test_nan_input_errors(data):
+    adata = data[0].copy()
+    x = adata.X.toarray().astype(np.float32)
+    x[0, 0] = np.nan
+    adata.X = x
+    with pytest.raises(InputScaleError, match="NaN"):
+        sp.models.TabNetClassifier.setup_anndata(adata, labels_key="cell_type")
+
+
+def test_log_data_where_counts_are_declared_errors(trained, data):
+    adata = data[0].copy()
+    with pytest.raises(InputScaleError, match="counts"):
+        sp.models.LogisticRegressionClassifier.setup_anndata(adata, labels_key="cell_type", layer="log1p")
+    query = data[1].copy()
+    query.X = query.layers["log1p"].copy()
+    before = query.copy()
+    with pytest.raises(InputScaleError, match="not integers"):
+        trained["LinearClassifier"].predict(query, key_added="p")
+    assert_adata_equal(query, before)  # nothing written by the failed call
+
+
+def test_missing_embedding_key_at_predict_errors(trained, data):
+    query = data[1].copy()
+    del query.obsm["X_pca"]
+    with pytest.raises(KeyError, match="X_pca"):
+        trained["ScoreClassifier"].predict(query, key_added="score")
+
+
+def test_untrained_model_refuses_to_predict(data):
+    adata = data[0].copy()
+    sp.models.LogisticRegressionClassifier.setup_anndata(adata, labels_key="cell_type")
+    with pytest.raises(RuntimeError, match="not trained"):
+        sp.models.LogisticRegressionClassifier(adata).predict(adata)
+
+
+def test_bad_scale_value_errors(data):
+    with pytest.raises(ValueError, match="scale must be"):
+        sp.models.LinearClassifier.setup_anndata(data[0].copy(), labels_key="cell_type", scale="zscore")
+
+
+# ---------------------------------------------------------------- embeddings, SCORE with its own encoder
+def test_tabnet_embedding_and_feature_importance(trained, data):
+    model = trained["TabNetClassifier"]
+    emb = model.get_embedding(data[1])
+    assert emb.shape == (data[1].n_obs, 16) and (emb >= 0).all()  # sums of ReLU outputs
+    imp = model.get_feature_importance(data[1])
+    np.testing.assert_allclose(imp.sum(1), 1.0, atol=1e-5)
+    # marker genes of the types get more importance than the other genes
+    markers = (data[1].var["marker_of"] != "none").to_numpy()
+    assert imp[:, markers].mean() > imp[:, ~markers].mean()
+
+
+def test_score_classifier_with_internal_encoder_roundtrip(data, tmp_path):
+    adata = data[0].copy()
+    sp.models.ScoreClassifier.setup_anndata(adata, labels_key="cell_type")
+    model = sp.models.ScoreClassifier(
+        adata, n_hidden=16, n_layers=1, n_eval_timesteps=4, n_noise=1, encoder_kwargs={"n_d": 8, "n_a": 8}
+    )
+    model.train(max_epochs=2, encoder_max_epochs=2, **FAST)
+    assert "encoder_train_loss" in model.history and "train_loss" in model.history
+    assert model.get_embedding(data[1]).shape == (data[1].n_obs, 8)
+    assert np.isfinite(model.temperature_) and model.temperature_ > 0
+    model.save(tmp_path / "score")
+    loaded = sp.models.ScoreClassifier.load(tmp_path / "score")
+    assert loaded.temperature_ == pytest.approx(model.temperature_)
+    np.testing.assert_allclose(loaded.get_class_scores(data[1]), model.get_class_scores(data[1]), atol=1e-5)
+
+
+def test_embedding_diffusion_samples_near_their_class(tmp_path):
+    rng = np.random.default_rng(0)
+    emb = np.concatenate([rng.normal(3, 0.3, (150, 4)), rng.normal(-3, 0.3, (150, 4))]).astype(np.float32)
+    adata = sp.datasets.synthetic_celltypes(n_cells=300, n_genes=10)
+    adata.obsm["X_emb"] = emb
+    adata.obs["group"] = pd.Categorical(["a"] * 150 + ["b"] * 150)
+    sp.models.EmbeddingDiffusion.setup_anndata(adata, embedding_key="X_emb", labels_key="group")
+    model = sp.models.EmbeddingDiffusion(adata, n_hidden=64, n_layers=2, n_timesteps=200)
+    model.train(max_epochs=60, lr=5e-3, early_stopping=False, **FAST)
+    out = model.sample({"a": 20, "b": 20}, n_sampling_steps=20)
+    z = out.obsm["X_emb"]
+    assert out.obs["group"].tolist() == ["a"] * 20 + ["b"] * 20
+    assert z[:20].mean() > 1.5 and z[20:].mean() < -1.5
+    again = model.sample({"a": 20, "b": 20}, n_sampling_steps=20)
+    np.testing.assert_allclose(again.obsm["X_emb"], z)
+    aug = model.get_augmented(adata[:160].copy(), min_cells_per_class=50)  # 150 a, 10 b -> 40 synthetic b
+    assert int(aug.obs["synthetic"].sum()) == 40
+    with pytest.raises(ValueError, match="not seen"):
+        model.sample(["zzz"])
+
+
+# ---------------------------------------------------------------- tl / pl
+def test_compare_classifiers_table_and_unseen_label(data):
+    adata = sp.datasets.synthetic_celltypes(n_cells=240, n_genes=60, seed=3)
+    sp.pp.split_cells(adata, fractions=(0.7, 0.15, 0.15), stratify_key="cell_type", seed=0)
+    labels = adata.obs["cell_type"].astype(str).to_numpy()
+    test_idx = np.flatnonzero(adata.obs["split"].to_numpy() == "test")
+    labels[test_idx[:3]] = "novel"
+    adata.obs["cell_type"] = pd.Categorical(labels)
+    table = sp.tl.compare_classifiers(
+        adata,
+        {
+            "logreg": "LogisticRegressionClassifier",
+            "xgb": (sp.models.XGBoostClassifier, {"n_estimators": 20}),
+        },
+        labels_key="cell_type",
+    )
+    assert list(table.index) == ["logreg", "xgb"]
+    for col in ("accuracy", "macro_f1", "weighted_f1", "ece", "train_s", "predict_cells_per_s", "f1:novel"):
+        assert col in table.columns
+    assert (table["unseen_labels"] == "novel").all()
+    assert (table["f1:novel"] == 0).all()
+    assert table.loc["logreg", "accuracy"] > 0.8
+    assert adata.obs["classifier_comparison_logreg"].notna().sum() == len(test_idx)
+    ax = sp.pl.classifier_comparison(table)
+    assert len(ax.patches) == 4  # 2 models x 2 metrics
+    ax = sp.pl.confusion_matrix(adata, key="classifier_comparison_logreg", labels_key="cell_type")
+    assert "novel" in [t.get_text() for t in ax.get_yticklabels()]
+
+
+def test_repeated_comparison_mean_and_sd():
+    adata = sp.datasets.synthetic_celltypes(n_cells=300, n_genes=40, seed=1)
+    summary = sp.tl.repeated_comparison(
+        adata, {"logreg": "LogisticRegressionClassifier"}, labels_key="cell_type", n_cells=120, n_repeats=3
+    )
+    repeats = summary.attrs["repeats"]
+    assert len(repeats) == 3
+    assert summary.loc["logreg", "macro_f1_mean"] == pytest.approx(repeats["macro_f1"].mean())
+    assert summary.loc["logreg", "macro_f1_sd"] == pytest.approx(repeats["macro_f1"].std(ddof=1))
+    ax = sp.pl.classifier_comparison(summary)
+    assert len(ax.patches) == 2
+
+
+def test_embedding_plot_two_panels(trained, data):
+    query = data[1].copy()
+    trained["LogisticRegressionClassifier"].predict(query, key_added="p")
+    fig = sp.pl.embedding(query, basis="X_pca", labels_key="cell_type", key="p", method="none")
+    assert len(fig.axes) == 2
+    assert fig.axes[1].get_title().startswith("prediction")
