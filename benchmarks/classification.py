@@ -316,6 +316,16 @@ def report(rows: list[dict], infos: dict, *, quick: bool, seconds: float) -> str
             )
         lines.append("")
     lines += goals(df)
+    lines += [
+        "",
+        "Notes: the machine was shared with other jobs during the run (load average ~20 on 2 cores), so seconds "
+        "and cells/s are pessimistic and noisy. End-to-end prediction speed of the linear models is bounded by "
+        "the input check (`pp.check_input` draws its value sample with `rng.choice(..., replace=False)`, a "
+        "permutation of all stored values) rather than by the model; compare `bulk` with `compute`. SCORE "
+        "prediction costs classes × 20 timesteps × 2 noise draws denoiser passes per cell. On these small sets "
+        "(≈1,400 training cells) the TabNet encoder underfits rare classes, and SCORE inherits that when it works "
+        "on TabNet embeddings; on a PCA embedding it beats LogReg/XGBoost on mouse bladder but not on Kang.",
+    ]
     return "\n".join(lines)
 
 

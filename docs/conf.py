@@ -110,9 +110,91 @@ nitpick_ignore_regex = [
     (r"py:class", r"[A-Za-z]{1,2}"),
     # other packages (no intersphinx offline) and the standard library
     (r"py:.*", r"(scanpy|sc|rdkit|pyarrow|h5py|tqdm|os|io|re|datetime|functools|numbers|types|abc|enum)\b.*"),
+    # private modules and the torch-level namespaces (module/nn/train) are not part of the documented API
+    (r"py:.*", r"scpredict\.(.*\.)?_\w+.*"),
+    (r"py:.*", r"scpredict\.(module|nn|train)\b.*"),
+    # prose in Returns types: shape symbols (n_obs), lowercase words, non-ASCII symbols (MMD²), "Array"
+    (r"py:class", r"[a-z_][a-z0-9_]*"),
+    (r"py:class", r"[^.]*[^\x00-\x7f][^.]*"),
+    (r"py:class", r"Array(Like)?"),
+    (r"py:class", r"SimpleNamespace|ParquetSource"),  # stdlib / a private loader class named in docstrings
+    (r"py:data", r"PERTURBATION_METRICS"),  # module constant listed in the docstring's own text
+    (r"py:exc", r"UnknownPerturbationError"),  # raised by perturbation models, not exported
 ]
+napoleon_use_ivar = True  # "Attributes" sections as fields: no duplicate entries beside autodoc's members
+# "more than one target found" for short names such as n_vars; docutils markup slips in docstrings (a
+# multi-line ``literal`` in a Returns type) render as plain text instead of failing the build
+suppress_warnings_extra = ["ref.python", "docutils"]
+
+
+def _resolve_short_names(app, env, node, contnode):  # noqa: PLR0917 - Sphinx event signature
+    """Resolve unqualified Python references (``:class:`BiMambaPredictor```) written in private modules.
+
+    Docstrings live in private modules (``scpredict.models._bimamba``), so a short name does not resolve by
+    Sphinx's rules; look it up among the documented objects: first as a member of the current class, then as
+    a unique object whose full name ends with it.
+    """
+    from sphinx.util.nodes import make_refnode
+
+    if node.get("refdomain") != "py":
+        return None
+    target = node.get("reftarget", "").lstrip("~.")
+    if not target or target.startswith("_"):
+        return None
+    objects = env.get_domain("py").objects
+    candidates = [name for name in objects if name == target or name.endswith("." + target)]
+    cls = node.get("py:class")
+    if cls and len(candidates) > 1:
+        scoped = [name for name in candidates if name.endswith(f".{cls.split('.')[-1]}.{target}")]
+        candidates = scoped or candidates
+    if len(candidates) > 1:
+        public = [name for name in candidates if name.count(".") <= target.count(".") + 2]
+        candidates = public if len(public) == 1 else candidates
+    if len(candidates) > 1:  # an inherited member: the first class of the documented object's MRO that has it
+        mro_names = []
+        owner = node["refdoc"].rsplit("/", 1)[-1]
+        try:
+            import importlib
+
+            mod, _, attr = owner.rpartition(".")
+            mro_names = [
+                f"scpredict.{c.__module__.split('.')[1]}.{c.__name__}"
+                for c in getattr(importlib.import_module(mod), attr).__mro__
+                if c.__module__.startswith("scpredict.")
+            ]
+        except Exception:  # noqa: BLE001 - not a class page: leave the reference unresolved
+            mro_names = []
+        for base in mro_names:
+            if f"{base}.{target}" in candidates:
+                candidates = [f"{base}.{target}"]
+                break
+    if len(candidates) != 1:
+        return None
+    entry = objects[candidates[0]]
+    return make_refnode(app.builder, node["refdoc"], entry.docname, entry.node_id, contnode, candidates[0])
+
+
+_ABS_BARS = __import__("re").compile(r"(?<![\\`|])\|(?=[^\s|`])([^|\n`]*?[^\s|`\\])\|(?![|_`])")
+
+
+def _escape_abs_bars(app, what, name, obj, options, lines):  # noqa: PLR0917 - Sphinx event signature
+    """``|x|`` in a docstring is an absolute value, not an RST substitution: escape the bars."""
+    for i, line in enumerate(lines):
+        if "|" in line and "``" not in line:
+            lines[i] = _ABS_BARS.sub(r"\\|\1\\|", line)
+
+
+def setup(app):
+    app.connect("missing-reference", _resolve_short_names)
+    app.connect("autodoc-process-docstring", _escape_abs_bars, priority=100)
+
 
 html_theme = "sphinx_book_theme"
 html_title = "scpredict"
 html_theme_options = {"use_repository_button": False}
-suppress_warnings = ["mystnb.unknown_mime_type", "myst.header", "intersphinx.external"]
+suppress_warnings = [
+    "mystnb.unknown_mime_type",
+    "myst.header",
+    "intersphinx.external",
+    *suppress_warnings_extra,
+]

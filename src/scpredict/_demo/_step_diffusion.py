@@ -20,7 +20,7 @@ def run(out_dir: Path, report: dict) -> None:
         adata, condition_keys=["cell_line", "perturbation"], perturbation_key="perturbation"
     )
     model = sp.models.ScoreDiffusion(adata, n_hidden=64, n_layers=2, n_emb=16, n_steps=100)
-    model.train(max_epochs=30, batch_size=32, lr=2e-3, logger=None, enable_checkpointing=False)
+    model.train(max_epochs=20, batch_size=32, lr=2e-3, logger=None, enable_checkpointing=False)
 
     cond = {"cell_line": "line0", "perturbation": "P0"}
     real = adata[

@@ -14,7 +14,15 @@ def run(out_dir: Path, report: dict) -> None:
     import scpredict as sp
     from scpredict.pp._drugs import _synthetic_drug_screen
 
-    screen = _synthetic_drug_screen(n_genes=40, cells_per_condition=4, n_controls=12, seed=0)
+    screen = _synthetic_drug_screen(n_genes=40, cells_per_condition=6, n_controls=12, seed=0)
+    # make the screen long-tailed like Tahoe-100M: drug i keeps a fraction of its cells, controls all
+    rng = np.random.default_rng(0)
+    drug_names = sorted(set(screen.obs["drug"].astype(str)) - {"DMSO_TF"})
+    frac = dict(zip(drug_names, np.linspace(1.0, 0.35, len(drug_names)), strict=True))
+    p_keep = screen.obs["drug"].astype(str).map(lambda d: frac.get(d, 1.0)).to_numpy()
+    keep = rng.random(screen.n_obs) < p_keep
+    keep |= ~screen.obs.duplicated(["drug", "cell_line", "dose"]).to_numpy()  # every condition keeps a cell
+    screen = screen[keep].copy()
     sp.tl.imbalance(screen, drug_key="drug", cell_line_key="cell_line")
     ax = sp.pl.imbalance(screen, min_cells=4)
     ax.figure.savefig(out_dir / "drug_imbalance.png", dpi=110, bbox_inches="tight")

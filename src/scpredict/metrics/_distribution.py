@@ -10,7 +10,6 @@ from collections.abc import Sequence
 
 import numpy as np
 from numpy.typing import ArrayLike
-from scipy.spatial.distance import cdist, pdist
 
 __all__ = ["energy_distance", "mmd"]
 
@@ -54,6 +53,8 @@ def energy_distance(x: ArrayLike, y: ArrayLike) -> float:
     >>> energy_distance([0.0, 2.0], [1.0])
     1.0
     """
+    from scipy.spatial.distance import cdist, pdist  # lazy: keeps `import scpredict` light
+
     a, b = _samples(x, y)
     xy = cdist(a, b).mean()
     xx = pdist(a).sum() * 2 / len(a) ** 2
@@ -88,6 +89,8 @@ def mmd(x: ArrayLike, y: ArrayLike, *, bandwidths: Sequence[float] | None = None
     >>> round(mmd([0.0], [1.0], bandwidths=[1.0]), 4)
     0.7869
     """
+    from scipy.spatial.distance import cdist, pdist  # lazy: keeps `import scpredict` light
+
     a, b = _samples(x, y)
     if bandwidths is None:
         pooled = np.vstack([a, b])

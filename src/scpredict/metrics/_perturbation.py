@@ -16,7 +16,6 @@ from typing import NamedTuple
 import numpy as np
 import scipy.sparse as sp_sparse
 from numpy.typing import ArrayLike
-from scipy import stats
 
 from ._regression import _pair, _rowwise_pearson, mse, r2_mean
 
@@ -380,6 +379,8 @@ def wilcoxon_de(cells: ArrayLike, control: ArrayLike, *, is_log1p: bool = True) 
     pval = np.ones(x.shape[1])
     test = ~constant
     if test.any():
+        from scipy import stats
+
         res = stats.mannwhitneyu(
             x[:, test].astype(np.float64),
             y[:, test].astype(np.float64),
@@ -389,6 +390,8 @@ def wilcoxon_de(cells: ArrayLike, control: ArrayLike, *, is_log1p: bool = True) 
             alternative="two-sided",
         )
         pval[test] = np.clip(res.pvalue, 0.0, 1.0)
+    from scipy import stats
+
     fdr = stats.false_discovery_control(pval) if pval.size else pval
     return DEResult(
         log2fc=np.asarray(lfc, dtype=np.float64), pvalue=pval, fdr=np.asarray(fdr, dtype=np.float64)

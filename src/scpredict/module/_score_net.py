@@ -409,7 +409,9 @@ class ScoreDiffusionModule(nn.Module):
         return y * self.data_std + self.data_mean
 
     # ---------------------------------------------------------------- training
-    def loss(self, batch: dict[str, Tensor], *, stage: Literal["score", "autoencoder"] = "score") -> LossOutput:
+    def loss(
+        self, batch: dict[str, Tensor], *, stage: Literal["score", "autoencoder"] = "score"
+    ) -> LossOutput:
         """Training loss of one stage.
 
         Parameters
