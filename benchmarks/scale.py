@@ -197,6 +197,7 @@ def _child(cmd: list[str], timeout: float) -> dict:
         return {"error": tail[-400:], "cmd": " ".join(cmd[2:])}
     res = json.loads(lines[-1][len("RESULT ") :])
     res["wall_s"] = round(time.perf_counter() - t0, 1)
+    res["load_avg_1min_after"] = round(os.getloadavg()[0], 1)
     print(json.dumps(res), flush=True)
     return res
 
@@ -240,13 +241,13 @@ def measure(
 # --------------------------------------------------------------------------------------------- report
 def _table(rows: list[dict], ref: dict[str, float]) -> str:
     lines = [
-        "| model | data | mode | cells | train s | cells/s | vs in-memory | peak RSS GB |",
-        "|---|---|---|---:|---:|---:|---:|---:|",
+        "| model | data | mode | cells | batch | train s | cells/s | vs in-memory | peak RSS GB | load |",
+        "|---|---|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in rows:
         if "error" in r:
             lines.append(
-                f"| {r.get('model', '?')} | | {r.get('mode', '?')} | | failed: {r['error'][:80]!r} | | | |"
+                f"| {r.get('model', '?')} | | {r.get('mode', '?')} | | | failed: {r['error'][:80]!r} | | | | |"
             )
             continue
         base = ref.get(r["model"])
@@ -254,8 +255,9 @@ def _table(rows: list[dict], ref: dict[str, float]) -> str:
             f"{r['cells_per_s'] / base:.0%}" if base and r["n_obs"] == r.get("_subset_n", r["n_obs"]) else ""
         )
         lines.append(
-            f"| {r['model']} | {r['_label']} | {r['mode']} | {r['n_obs']:,} | {r['train_s']:.1f} | "
-            f"{r['cells_per_s']:,.0f} | {rel} | {r['peak_rss_gb']:.2f} |"
+            f"| {r['model']} | {r['_label']} | {r['mode']} | {r['n_obs']:,} | {r.get('batch_size', 256)} | "
+            f"{r['train_s']:.1f} | {r['cells_per_s']:,.0f} | {rel} | {r['peak_rss_gb']:.2f} | "
+            f"{r.get('load_avg_1min_after', '')} |"
         )
     return "\n".join(lines)
 
@@ -284,6 +286,14 @@ def main() -> None:
     p.add_argument("--tmp", default=None, help="folder for the data (default: a new temporary folder)")
     p.add_argument("--keep", action="store_true", help="keep the data folder")
     p.add_argument("--no-report", action="store_true")
+    p.add_argument("--prepare-only", action="store_true", help="write the data files and stop")
+    p.add_argument("--train-batch-size", type=int, default=256, help="batch size of the throughput runs")
+    p.add_argument("--skip-ddp", action="store_true", help="keep the DDP rows of the previous results file")
+    p.add_argument(
+        "--merge",
+        action="store_true",
+        help="start from benchmarks/results/scale.json and replace only the rows measured now",
+    )
     args = p.parse_args()
     if args.cmd == "run":
         run_one(args)
@@ -317,6 +327,9 @@ def main() -> None:
     if not (tmp / "full_chunks").exists() and args.full_models:
         write_chunk_dir(full, tmp / "full_chunks", 8192)
     timings["write_chunks_s"] = round(time.perf_counter() - t, 1)
+    if args.prepare_only:
+        print(f"data ready in {tmp}: {timings}", flush=True)
+        return
 
     rows: list[dict] = []
     ref: dict[str, float] = {}
@@ -324,17 +337,28 @@ def main() -> None:
         small = model == "ContextCycleAE" and cyc != subset
         h5, ch, n = (cyc, tmp / "cycle_chunks", n_cyc) if small else (subset, tmp / "subset_chunks", n_sub)
         for mode, data in (("memory", h5), ("backed", h5), ("chunked", ch)):
-            res = measure(data, model, mode)
+            res = measure(data, model, mode, batch_size=args.train_batch_size)
             res.update(_label=f"subset {n:,}", _subset_n=n)
             rows.append(res)
             if mode == "memory" and "error" not in res:
                 ref[model] = res["cells_per_s"]
     for model in args.full_models:
         for mode, data in (("backed", full), ("chunked", tmp / "full_chunks")):
-            res = measure(data, model, mode, timeout=5400)
+            res = measure(data, model, mode, timeout=5400, batch_size=args.train_batch_size)
             res.update(_label=f"full {args.n_cells:,}", _subset_n=-1)
             rows.append(res)
-    ddp_rows = [
+    previous = HERE / "results" / "scale.json"
+    if args.merge and previous.exists():
+        old = json.loads(previous.read_text())
+        done = {(r.get("model"), r.get("mode"), r.get("_label")) for r in rows}
+        rows = [r for r in old["rows"] if (r.get("model"), r.get("mode"), r.get("_label")) not in done] + rows
+        order = {"memory": 0, "backed": 1, "chunked": 2}
+        rows.sort(key=lambda r: (r.get("_subset_n", 0) < 0, r.get("model", ""), order.get(r.get("mode"), 3)))
+        timings = old.get("timings", {}) | {k: v for k, v in timings.items() if v > 1}
+        for r in rows:
+            if r.get("mode") == "memory" and "error" not in r:
+                ref[r["model"]] = r["cells_per_s"]
+    ddp_rows = (json.loads(previous.read_text())["ddp"] if args.skip_ddp and previous.exists() else None) or [
         measure(ddp, "LinearClassifier", "backed", epochs=args.ddp_epochs, devices=1, batch_size=256),
         measure(
             ddp,
@@ -372,8 +396,10 @@ def report(rows, ddp_rows, ref, args, timings, full: Path) -> None:
         f"Synthetic sparse h5ad: {args.n_cells:,} cells × {args.n_genes:,} genes, {args.density:.0%} non-zero "
         f"(log1p counts, 10 cell types, 2 assays), {size:.2f} GiB on disk, written block by block in "
         f"{timings['write_full_s']} s to a temporary folder; chunk directories with 8,192 cells per chunk. "
-        "One epoch each (90/10 train/validation split, batch 256, validation included in the time); every run "
-        "in a fresh process; peak RSS = the process's maximum resident set (includes ~0.4 GB of torch/Lightning).",
+        "One epoch each (90/10 train/validation split, validation included in the time); every run "
+        "in a fresh process; peak RSS = the process's maximum resident set (includes ~0.4 GB of torch/Lightning); "
+        "load = the machine's 1-minute load average (2 cores) when the run ended: other jobs shared the CPU, so "
+        "compare rows measured at similar load.",
         "",
         _table(rows, ref),
         "",
@@ -404,7 +430,7 @@ def report(rows, ddp_rows, ref, args, timings, full: Path) -> None:
         "**DDP (gloo, CPU)**: LinearClassifier, backed h5ad of "
         f"{args.ddp_cells:,} cells, {args.ddp_epochs} epochs; 1 process × batch 256 vs 2 processes × batch "
         "128 (same global batch, same steps per epoch). Each rank reads only its shard of the blocks. "
-        "Validation loss per epoch (DDP: rank 0's validation shard):",
+        "Validation loss per epoch (DDP: mean over the ranks' validation shards, `sync_dist=True`):",
         "",
     ]
     lines.append("| processes | train s | " + " | ".join(f"epoch {i}" for i in range(args.ddp_epochs)) + " |")

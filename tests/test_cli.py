@@ -35,24 +35,16 @@ def files(tmp_path):
     return tmp_path, test
 
 
+def _train(d, out, *extra: str) -> int:
+    """``scpredict train LinearClassifier`` on the fixture's training file and config."""
+    args = ["train", "LinearClassifier", "--data", str(d / "train.h5ad"), "--config", str(d / "cfg.yaml")]
+    return main([*args, "--out", str(out), *extra])
+
+
 def test_round_trip_train_predict_evaluate(files):
     d, test = files
     out = d / "run"
-    assert (
-        main(
-            [
-                "train",
-                "LinearClassifier",
-                "--data",
-                str(d / "train.h5ad"),
-                "--config",
-                str(d / "cfg.yaml"),
-                "--out",
-                str(out),
-            ]
-        )
-        == 0
-    )
+    assert _train(d, out) == 0
     summary = json.loads((out / "train.json").read_text())
     assert summary["model"] == "LinearClassifier" and summary["train_params"]["epochs_run"] == 3
     assert (out / "model" / "weights.safetensors").exists() and (out / "config.yaml").exists()
@@ -126,20 +118,7 @@ def test_round_trip_train_predict_evaluate(files):
 def test_predict_h5ad_writes_only_the_outputs(files):
     d, test = files
     out = d / "run"
-    main(
-        [
-            "train",
-            "LinearClassifier",
-            "--data",
-            str(d / "train.h5ad"),
-            "--config",
-            str(d / "cfg.yaml"),
-            "--out",
-            str(out),
-            "--max-epochs",
-            "1",
-        ]
-    )
+    _train(d, out, "--max-epochs", "1")
     main(
         ["predict", "--model", str(out / "model"), "--data", str(d / "test.h5ad"), "--out", str(d / "p.h5ad")]
     )
@@ -161,21 +140,11 @@ def test_interrupted_cli_run_resumes(files, monkeypatch):
                 raise RuntimeError("killed mid-epoch")
 
     monkeypatch.setattr(_cli_jobs, "_extra_callbacks", lambda: [Crash()])
-    args = [
-        "train",
-        "LinearClassifier",
-        "--data",
-        str(d / "train.h5ad"),
-        "--config",
-        str(d / "cfg.yaml"),
-        "--out",
-        str(out),
-    ]
     with pytest.raises(RuntimeError, match="killed"):
-        main(args)
+        _train(d, out)
     assert not (out / "model").exists()
     monkeypatch.setattr(_cli_jobs, "_extra_callbacks", lambda: [])
-    assert main([*args, "--resume"]) == 0
+    assert _train(d, out, "--resume") == 0
     summary = json.loads((out / "train.json").read_text())
     assert summary["resumed_from"].endswith("last.ckpt")
     assert summary["train_params"]["epochs_run"] == 2  # epochs 1 and 2 were left after the crash
@@ -197,20 +166,7 @@ def test_config_errors_name_the_problem(tmp_path):
 def test_predict_from_chunk_directory(files):
     d, test = files
     out = d / "run"
-    main(
-        [
-            "train",
-            "LinearClassifier",
-            "--data",
-            str(d / "train.h5ad"),
-            "--config",
-            str(d / "cfg.yaml"),
-            "--out",
-            str(out),
-            "--max-epochs",
-            "1",
-        ]
-    )
+    _train(d, out, "--max-epochs", "1")
     sp.data.write_chunks(test, d / "chunks", chunk_size=30)
     main(
         ["predict", "--model", str(out / "model"), "--data", str(d / "chunks"), "--out", str(d / "p.parquet")]

@@ -264,11 +264,6 @@ def test_import_loads_no_torch_lightning_scvi_or_scanpy():
         assert run[1:] == ["False"] * 4, run
 
 
-@pytest.mark.xfail(
-    strict=False,
-    reason="scpredict.metrics imports scipy.stats (metrics/_perturbation.py) and scipy.spatial eagerly: "
-    "~1 s of CPU; see the import-time section of docs/benchmarks.md",
-)
 def test_import_adds_under_half_a_second():
     # CPU time, not wall time: the shared test machine is heavily oversubscribed
     runs = [float(r[0]) for r in _import_runs(3)]

@@ -77,12 +77,21 @@ class TrainingPlan(pl.LightningModule):
 
     def _log_output(self, out: LossOutput, prefix: str) -> None:
         bs = max(1, int(out.n_obs))
+        # under DDP, validation metrics are averaged over the ranks (each holds a shard of the validation
+        # cells), so early stopping and checkpoints see the same number on every rank; a no-op on one process
+        sync = prefix == "validation"
         self.log(
-            f"{prefix}_loss", out.loss.detach(), on_step=False, on_epoch=True, batch_size=bs, prog_bar=True
+            f"{prefix}_loss",
+            out.loss.detach(),
+            on_step=False,
+            on_epoch=True,
+            batch_size=bs,
+            prog_bar=True,
+            sync_dist=sync,
         )
         for k, v in out.metrics.items():
             v = v.detach() if torch.is_tensor(v) else torch.tensor(float(v))
-            self.log(f"{prefix}_{k}", v.float(), on_step=False, on_epoch=True, batch_size=bs)
+            self.log(f"{prefix}_{k}", v.float(), on_step=False, on_epoch=True, batch_size=bs, sync_dist=sync)
 
     def training_step(self, batch, batch_idx):
         out = self.module.loss(batch, **self.loss_kwargs)
