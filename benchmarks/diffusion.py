@@ -15,6 +15,7 @@ import numpy as np
 import pandas as pd
 
 import scpredict as sp
+from scpredict.models._diffusion import combine_with_observation
 
 HERE = Path(__file__).resolve().parent
 DATA = HERE.parents[1] / "shared" / "data"
@@ -22,6 +23,7 @@ WORK = HERE / "_work" / "diffusion"
 #: model size chosen so that each part runs in minutes on the shared 2-core CPU
 MODEL = {"space": "latent", "n_latent": 32, "ae_hidden": 256, "n_hidden": 256, "n_layers": 3, "n_emb": 64}
 HELD_OUT = ("CD4T", "stimulated")
+N_GEN_MEANS = 500
 DESIGN = {
     "IL2RA": "up", "ISG15": "up", "CXCL10": "up", "IFIT3": "up", "GNLY": "up",
     "PDCD1": "down", "TCF7": "down", "CCR7": "down", "LTB": "down", "SELL": "down",
@@ -89,15 +91,20 @@ def part_a(a, model, tr):
         ct, cond = g.split("|")
         real = np.asarray(test[test.obs["group"] == g].X)
         trx = np.asarray(tr[tr.obs["group"] == g].X)
-        n = max(len(real), 50)
+        # 500 generated cells per group, so that the generated mean is not limited by its own sampling noise;
+        # the kNN accuracy uses as many generated as real cells
+        n = max(len(real), N_GEN_MEANS)
         gen = model.generate(n, conditions={"cell_type": ct, "condition": cond}, seed=len(rows)).X
         gauss = trx.mean(0) + trx.std(0) * rng.standard_normal((n, trx.shape[1]))
         gauss = np.maximum(gauss, 0)
         rows.append({
-            "group": g, "n_test": len(real),
+            "group": g, "n_train": len(trx), "n_test": len(real),
             "pearson_means_model": sp.metrics.pearson_of_means(real, gen),
             "pearson_means_gaussian": sp.metrics.pearson_of_means(real, gauss),
             "pearson_means_train_cells": sp.metrics.pearson_of_means(real, trx),
+            "pearson_means_model_vs_train": sp.metrics.pearson_of_means(trx, gen),
+            "pearson_means_model_guidance2": sp.metrics.pearson_of_means(real, model.generate(
+                n, conditions={"cell_type": ct, "condition": cond}, seed=len(rows), guidance_scale=2.0).X),
         })  # fmt: skip
         gen_all.append(gen[: len(real)])
         gauss_all.append(gauss[: len(real)])
@@ -226,31 +233,47 @@ def part_c(epochs: int):
         )
         model.save(path, overwrite=True)
     t_truth = truth[~split]
+    y = np.asarray(te.X, dtype=np.float64)
 
     def corr(x):
-        x = x - x.mean(1, keepdims=True)
-        y = t_truth - t_truth.mean(1, keepdims=True)
-        return float(np.mean((x * y).sum(1) / np.sqrt((x**2).sum(1) * (y**2).sum(1))))
+        """Per-cell Pearson over the 2,000 genes (mean over test cells) and per-gene Pearson over test cells
+        (mean over genes that vary in both)."""
+        x = np.asarray(x, dtype=np.float64)
+        xc, tc = x - x.mean(1, keepdims=True), t_truth - t_truth.mean(1, keepdims=True)
+        cell = (xc * tc).sum(1) / np.sqrt((xc**2).sum(1) * (tc**2).sum(1))
+        xg, tg = x - x.mean(0), t_truth - t_truth.mean(0)
+        den = np.sqrt((xg**2).sum(0) * (tg**2).sum(0))
+        ok = den > 0
+        gene = (xg * tg).sum(0)[ok] / den[ok]
+        return {"per-cell Pearson": float(np.mean(cell)), "per-gene Pearson": float(np.mean(gene))}
 
-    rows = [{"method": "thinned input (20%)", "mean per-cell Pearson with full depth": corr(te.X)}]
+    rows = [{"method": "thinned input (20%)", **corr(y)}]
     pcs = _pca(np.asarray(a.X))
     nn = NearestNeighbors(n_neighbors=15).fit(pcs(np.asarray(a.X)))
-    _, idx = nn.kneighbors(pcs(np.asarray(te.X)))
-    rows.append(
-        {
-            "method": "kNN smoothing (k=15, PCA 30)",
-            "mean per-cell Pearson with full depth": corr(np.asarray(a.X)[idx].mean(1)),
-        }
-    )
-    for t_start in (0.2, 0.4, 0.6):
-        x = model.get_denoised(te, t_start=t_start, n_samples=5, n_steps=50)
-        rows.append(
-            {
-                "method": f"ScoreDiffusion denoise (t_start={t_start}, 5 samples)",
-                "mean per-cell Pearson with full depth": corr(x),
-            }
-        )
-    return pd.DataFrame(rows), {"n_train": int(split.sum()), "n_test": int((~split).sum())}
+    _, idx = nn.kneighbors(pcs(y))
+    knn = np.asarray(a.X)[idx].mean(1)
+    rows.append({"method": "kNN smoothing (k=15, PCA 30)", **corr(knn)})
+    rows.append({
+        "method": "kNN smoothing (k=15) + the same EB step, depth_factor=5",
+        **corr(combine_with_observation(knn, y, depth_factor=5.0)),
+    })  # fmt: skip
+    timings = {}
+    for t_start in (0.2, 0.5):
+        t0 = time.time()
+        prior = model.get_denoised(te, t_start=t_start, n_samples=8, n_steps=50)
+        timings[t_start] = time.time() - t0
+        rows.append({"method": f"ScoreDiffusion SDEdit (t_start={t_start}, 8 samples)", **corr(prior)})
+        for f, label in ((float("inf"), "inf (expression)"), (5.0, "5 (full depth)")):
+            rows.append({
+                "method": f"ScoreDiffusion SDEdit (t_start={t_start}) + EB, depth_factor={label}",
+                **corr(combine_with_observation(prior, y, depth_factor=f)),
+            })  # fmt: skip
+    # the public API gives the same as the combination above
+    model.denoise(te, t_start=0.2, n_samples=8, n_steps=50, depth_factor=5.0, key_added="denoised")
+    api = corr(te.layers["denoised"])
+    return pd.DataFrame(rows), {
+        "n_train": int(split.sum()), "n_test": int((~split).sum()), "api_depth5_t0.2": api, "seconds": timings,
+    }  # fmt: skip
 
 
 def part_d(a, model, tr):
@@ -275,7 +298,10 @@ def part_d(a, model, tr):
 
 
 def part_e(model):
+    import os
+
     out = {}
+    before = [round(v, 2) for v in os.getloadavg()]
     for label, kw in {
         "DDIM-50, guidance 1": {},
         "DDIM-50, guidance 2 (CFG, 2 passes)": {"guidance_scale": 2.0},
@@ -283,6 +309,7 @@ def part_e(model):
         t0 = time.time()
         model.generate(1000, conditions={"cell_type": "CD4T", "condition": "control"}, n_steps=50, **kw)
         out[label] = 1000 / (time.time() - t0)
+    out["load_average"] = {"before": before, "after": [round(v, 2) for v in os.getloadavg()]}
     return out
 
 
@@ -328,6 +355,9 @@ def main():
         log("d\n", df)
     if "e" in args.parts:
         results["e"] = part_e(model)
+        results.setdefault("e_history", []).append(
+            {**results["e"], "time": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
+        )
         log("e", results["e"])
     res_path.write_text(json.dumps(results, indent=1, default=float))
     report(results, args)
@@ -339,21 +369,28 @@ def report(results, args):
     lines = [
         "## ScoreDiffusion (scIDiff, issue 6)",
         "",
-        f"Command: `python benchmarks/diffusion.py --epochs {args.epochs} --c-epochs {args.c_epochs}` — {machine()}. Kang 2018 PBMC "
+        f"Commands: `OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 python benchmarks/diffusion.py --epochs {args.epochs} --c-epochs "
+        f"{args.c_epochs} --parts abcd` (accuracy), then `flock /tmp/scp_timing.lock python benchmarks/diffusion.py --epochs "
+        f"{args.epochs} --parts e` (speed) — {machine()}. Kang 2018 PBMC "
         "(`kang18_ifnb_pbmc_valid.h5ad`, 2,000 HVGs incl. the design genes); cells of each (cell_type, condition) "
-        "split 80/20 train/test, stimulated CD4T held out of training entirely. Model: expression space, "
-        "latent space (autoencoder 2,000→256→32 trained first, as in scDiffusion), residual MLP score network 256×3, cosine "
+        "split 80/20 train/test, stimulated CD4T held out of training entirely. Model: latent space "
+        "(autoencoder 2,000→256→32 trained first, as in scDiffusion), residual MLP score network 256×3, cosine "
         "schedule T=1000, DDIM-50 sampling, guidance scale 1 unless stated.",
     ]
     if "kang_train" in results:
         t = results["kang_train"]
-        lines += ["", f"Training: {t['n_train']} cells, {t['epochs']} epochs, {t['train_s'] / 60:.1f} min."]
+        lines += [
+            "",
+            f"Training: {t['n_train']} cells, {t['epochs']} epochs, {t['train_s'] / 60:.1f} min (trained once and "
+            "saved under `benchmarks/_work/diffusion/`; later runs reuse the weights, as does the CellBench model).",
+        ]
     if "a" in results:
         p = results["a"]["pooled"]
         df = pd.DataFrame(results["a"]["table"])
         lines += [
             "", "### (a) Conditional generation vs held-out test cells",
-            "", "Pooled over the 13 training groups (generated cells matched in number to the test cells of each group). "
+            "", "Pooled over the 13 training groups. kNN accuracy, energy distance and MMD use as many generated cells as "
+            "there are test cells in each group; the group means use 500 generated cells. "
             "Baselines: a per-gene Gaussian fitted on the group's training cells, and the training cells themselves "
             "(the best any generator can do).", "",
             fmt(pd.DataFrame([
@@ -363,10 +400,19 @@ def report(results, args):
             ])),
             "", "Per group (kNN accuracy only where the group has ≥ 30 test cells):", "", fmt(df),
             "", f"Targets: kNN accuracy ≤ 0.65 — {'met' if p['knn_model'] <= 0.65 else 'missed'} (pooled {p['knn_model']:.3f}); "
-            f"Pearson of group means ≥ 0.95 — {'met' if df['pearson_means_model'].min() >= 0.95 else 'missed (not every group)'}: "
+            f"Pearson of group means ≥ 0.95 against the held-out test cells — {'met' if df['pearson_means_model'].min() >= 0.95 else 'missed (not every group)'}: "
             f"{int((df['pearson_means_model'] >= 0.95).sum())} of {len(df)} groups reach it "
-            f"(median {df['pearson_means_model'].median():.3f}, min {df['pearson_means_model'].min():.3f}; the training cells themselves reach min "
-            f"{df['pearson_means_train_cells'].min():.3f}, as the small test groups are noisy).",
+            f"(median {df['pearson_means_model'].median():.3f}, min {df['pearson_means_model'].min():.3f}). "
+            f"The ceiling is set by the test groups, not the generator: the mean of the group's own training cells reaches 0.95 in only "
+            f"{int((df['pearson_means_train_cells'] >= 0.95).sum())} of {len(df)} groups (min {df['pearson_means_train_cells'].min():.3f}), "
+            f"because a group of {df.loc[df['pearson_means_train_cells'] < 0.95, 'n_test'].min()}–"
+            f"{df.loc[df['pearson_means_train_cells'] < 0.95, 'n_test'].max()} test cells has a noisy mean over 2,000 genes. "
+            f"The model is within {(df['pearson_means_train_cells'] - df['pearson_means_model']).max():.3f} of that ceiling in every group, "
+            f"and beats it in {int((df['pearson_means_model'] > df['pearson_means_train_cells']).sum())}. "
+            f"Against the group's training cells (not held out, as scDiffusion reports it) the generated means reach "
+            f"min {df['pearson_means_model_vs_train'].min():.3f}. "
+            f"Classifier-free guidance 2 gives min {df['pearson_means_model_guidance2'].min():.3f} "
+            f"({int((df['pearson_means_model_guidance2'] >= 0.95).sum())} of {len(df)} groups ≥ 0.95), so the table uses guidance 1.",
         ]  # fmt: skip
     if "b" in results:
         df = pd.DataFrame(results["b"]["table"])
@@ -389,10 +435,38 @@ def report(results, args):
         lines += [
             "", "### (c) Denoising (CellBench, counts thinned binomially to 20%)",
             "", f"`cellbench_lung5cl_celseq2_dropseq.h5ad`, singlets; model trained on the thinned, log-normalized data of "
-            f"{i['n_train']} cells (2,000 HVGs of the thinned data, condition: protocol), scored on {i['n_test']} held-out cells "
-            "against their full-depth log-normalized profiles. kNN smoothing averages each test cell with its 15 nearest "
-            "thinned cells (all cells).", "", fmt(df),
+            f"{i['n_train']} cells only (2,000 HVGs of the thinned data, condition: protocol; the full-depth counts are never "
+            f"used in training or tuning). Scored on {i['n_test']} held-out cells against their full-depth log-normalized "
+            "profiles. Metrics: per-cell Pearson over the 2,000 genes, averaged over test cells (the target metric), and "
+            "per-gene Pearson over the test cells, averaged over genes. kNN smoothing averages each test cell with its 15 nearest "
+            "thinned cells (all cells, itself included; PCA 30 of the thinned data).",
+            "", "SDEdit alone (noise to t_start, reverse, average 8 runs) estimates the posterior mean E[x0 | x_t]. This "
+            "pulls the cell onto the manifold of training cells but discards what its own molecules say. "
+            "`denoise(..., depth_factor=f)` puts the measurement back by empirical Bayes. The SDEdit estimate is the prior; "
+            "the observation has Poisson variance at the cell's depth, read off its smallest non-zero value. The "
+            "per-gene prior variance is estimated by moments over the cells. `f=inf` gives the posterior mean of the "
+            "expression. `f=5` is the posterior predictive of the same cell at 5× the observed depth: the full-depth "
+            "profile still contains the observed 20% of molecules, and 5 is the known subsampling ratio of the design, "
+            "not something fitted to the truth. The same EB step applied to the kNN average is shown for a "
+            "like-for-like comparison.", "", fmt(df),
         ]  # fmt: skip
+        base = df.set_index("method")["per-cell Pearson"]
+        best_label = "ScoreDiffusion SDEdit (t_start=0.2) + EB, depth_factor=5 (full depth)"
+        best = base[best_label]
+        thin_v, knn_v = base["thinned input (20%)"], base["kNN smoothing (k=15, PCA 30)"]
+        knn_eb = base["kNN smoothing (k=15) + the same EB step, depth_factor=5"]
+        sd_only = max(v for k, v in base.items() if k.startswith("ScoreDiffusion SDEdit") and "EB" not in k)
+        lines += [
+            "",
+            f"Target (per-cell Pearson, better than the thinned input and kNN smoothing k=15): "
+            f"{'met' if best > max(thin_v, knn_v) else 'missed'}. `denoise(t_start=0.2, n_samples=8, depth_factor=5)` "
+            f"gives {best:.3f} (through the public API: {i['api_depth5_t0.2']['per-cell Pearson']:.3f}), against "
+            f"{thin_v:.3f} for the thinned input and {knn_v:.3f} for kNN smoothing. "
+            f"Without the measurement step, SDEdit alone reaches only {sd_only:.3f} and loses to kNN smoothing. "
+            f"With the same EB step, kNN smoothing reaches {knn_eb:.3f}, {'above' if knn_eb > best else 'below'} the "
+            "diffusion model. The gain therefore comes from the measurement model; the diffusion prior itself is about as "
+            "good as a 15-NN average here (5 cell lines, 822 training cells).",
+        ]
     if "d" in results:
         df = pd.DataFrame(results["d"]["table"])
         lines += [
@@ -401,11 +475,31 @@ def report(results, args):
             "control CD4T training cells (the source), kNN accuracy against the same cells. target_match: mean signed shift "
             "of the requested genes in source standard deviations.", "", fmt(df),
         ]  # fmt: skip
+        ok = df[(df["fraction moved"] >= 0.9) & (df["kNN real-vs-designed acc."] <= 0.7)]
+        lines += ["", "Target (≥ 90% of the requested genes move the requested way, kNN accuracy ≤ 0.7): " + (
+            f"met at guidance {', '.join(f'{v:g}' for v in ok['guidance_scale'])}." if len(ok) else "missed."
+        )]  # fmt: skip
     if "e" in results:
+        e = dict(results["e"])
+        load = e.pop("load_average", None)
         lines += ["", "### (e) Sampling speed", ""]
         lines += [
-            f"- {k}: {v:.0f} cells/s (2,000 genes, this CPU, 1 torch thread)" for k, v in results["e"].items()
+            f"- {k}: {v:.0f} cells/s (1,000 cells, 2,000 genes, this CPU, 1 torch thread)"
+            for k, v in e.items()
         ]
+        hist = results.get("e_history", [])
+        if len(hist) > 1:
+            g1 = [h["DDIM-50, guidance 1"] for h in hist]
+            lines.append(
+                f"- Over {len(hist)} timing runs on the shared machine, DDIM-50 guidance 1 ranged from {min(g1):.0f} to "
+                f"{max(g1):.0f} cells/s (1-min load averages {', '.join(str(h['load_average']['before'][0]) for h in hist)}); "
+                "the lines above are the latest run."
+            )
+        if load:
+            lines.append(
+                f"- Load average (1/5/15 min) before / after the timing: {load['before']} / {load['after']} on the "
+                "2 shared cores, so other jobs were competing with these numbers."
+            )
     write_section("diffusion", "\n".join(lines))
 
 

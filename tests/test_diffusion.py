@@ -326,6 +326,56 @@ def test_denoise_profiles_predict_and_save_load(trained, tmp_path):
     np.testing.assert_allclose(r1.layers["p"], r2[:, r1.var_names].layers["p"], atol=1e-4)
 
 
+def test_combine_with_observation_denoises_thinned_counts():
+    from scpredict.models._diffusion import combine_with_observation
+
+    rng = np.random.default_rng(0)
+    n, g = 300, 200
+    cluster = rng.integers(0, 3, n)
+    base = rng.gamma(0.6, 1.0, (3, g))
+    rate = base[cluster] * rng.gamma(4.0, 1 / 4.0, (n, g))  # cell-specific variation around the cluster
+    rate /= rate.sum(1, keepdims=True)
+    depth = rng.integers(300, 1500, n)[:, None]
+    thin = rng.poisson(rate * depth)
+    full = thin + rng.poisson(4 * rate * depth)  # the thinned molecules are a fifth of the full-depth ones
+
+    def lognorm(c):
+        return np.log1p(c / np.maximum(c.sum(1, keepdims=True), 1) * 1e4)
+
+    def corr(x, t):
+        x, t = x - x.mean(1, keepdims=True), t - t.mean(1, keepdims=True)
+        return np.mean((x * t).sum(1) / np.sqrt((x**2).sum(1) * (t**2).sum(1)))
+
+    y, truth, expr = lognorm(thin), lognorm(full), np.log1p(rate * 1e4)
+    prior = np.stack([y[cluster == c].mean(0) for c in range(3)])[cluster]  # a smooth prior (cluster means)
+    post = combine_with_observation(prior, y)
+    pred = combine_with_observation(prior, y, depth_factor=5.0)
+    # the posterior mean lies between prior and observation, gene by gene
+    assert np.all(np.abs(post - y) <= np.abs(np.maximum(prior, 0) - y) + 1e-9)
+    # it estimates the expression better than either source alone
+    assert corr(post, expr) > max(corr(prior, expr), corr(y, expr))
+    # the predictive at 5x depth matches the full-depth profile better than the observation and the prior
+    assert corr(pred, truth) > max(corr(prior, truth), corr(y, truth), corr(post, truth))
+    # it keeps more of the observation than the posterior mean (the observed molecules are part of the truth)
+    assert np.abs(pred - y).mean() < np.abs(post - y).mean()
+    with pytest.raises(ValueError, match="depth_factor"):
+        combine_with_observation(prior, y, depth_factor=0.5)
+
+
+def test_denoise_with_depth_factor_combines_with_the_cells(trained):
+    a, m = trained
+    sub = a[:80].copy()
+    m.denoise(sub, t_start=0.3, key_added="sd", n_steps=20, seed=0)
+    m.denoise(sub, t_start=0.3, key_added="eb", n_steps=20, depth_factor=float("inf"), seed=0)
+    m.denoise(sub, t_start=0.3, key_added="eb5", n_steps=20, depth_factor=5.0, seed=0)
+    x = np.asarray(sub.X)
+    sd, eb, eb5 = (np.asarray(sub.layers[k]) for k in ("sd", "eb", "eb5"))
+    # same prior (same seed); the EB estimates move from it towards the observed values
+    assert np.all(np.abs(eb - x) <= np.abs(sd - x) + 1e-5)
+    assert np.abs(eb5 - x).mean() < np.abs(eb - x).mean() <= np.abs(sd - x).mean()
+    assert sub.uns["eb5"]["params"]["depth_factor"] == 5.0
+
+
 def test_latent_space_model_trains_and_generates():
     a = _data(n_cells=160, n_genes=24)
     m = _fit(a, space="latent", n_latent=4, ae_hidden=32)
