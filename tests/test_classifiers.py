@@ -11,7 +11,7 @@ import scpredict as sp
 from helpers import assert_adata_equal
 from scpredict.metrics import classification_report
 from scpredict.module._score import ScoreModule
-from scpredict.module._tabnet import GhostBatchNorm, TabNetModule, sparsemax
+from scpredict.module._tabnet import GhostBatchNorm, TabNetModule, entmax15, sparsemax
 from scpredict.pp import InputScaleError
 
 N_TRAIN = 300
@@ -92,6 +92,21 @@ def test_sparsemax_hand_computed_and_gradient():
     assert torch.autograd.gradcheck(sparsemax, (zz,))
 
 
+def test_entmax15_hand_computed_denser_than_sparsemax_and_gradient():
+    # z = (1, 0): both in the support, (0.5 - tau)^2 + tau^2 = 1 -> tau = (1 - sqrt 7) / 4
+    tau = (1 - 7**0.5) / 4
+    expected = torch.tensor([[(0.5 - tau) ** 2, tau**2], [0.5, 0.5]])
+    torch.testing.assert_close(entmax15(torch.tensor([[1.0, 0.0], [3.0, 3.0]])), expected)
+    torch.manual_seed(0)
+    z = torch.randn(8, 500)
+    e = entmax15(z)
+    torch.testing.assert_close(e.sum(-1), torch.ones(8))
+    assert ((e > 0).sum(-1) > (sparsemax(z) > 0).sum(-1)).all()
+    assert ((e > 0).sum(-1) < 500).all()  # still sparse
+    zz = torch.randn(4, 6, dtype=torch.double, requires_grad=True)
+    assert torch.autograd.gradcheck(entmax15, (zz,))
+
+
 def test_ghost_batch_norm_normalises_each_virtual_batch():
     gbn = GhostBatchNorm(3, virtual_batch_size=4)
     gbn.train()
@@ -133,6 +148,42 @@ def test_score_module_paired_scores_prefer_the_class_of_the_cell():
     assert (err.argmin(1) == y).float().mean() > 0.95
     again = net.class_errors(x, n_eval_timesteps=10, n_noise=2, generator=torch.Generator().manual_seed(0))
     torch.testing.assert_close(err, again)
+
+
+def test_score_module_all_class_pass_matches_per_class_forward():
+    torch.manual_seed(0)
+    net = ScoreModule(6, 4, n_timesteps=100, n_hidden=16, n_layers=2)
+    for p in net.parameters():  # the output layers start at zero; make every path matter
+        torch.nn.init.normal_(p, std=0.3)
+    net.eval()
+    x = torch.randn(5, 6)
+    eps = net._eps_all_classes(x, 37)
+    for c in range(4):
+        ref = net(x, torch.full((5,), 37), torch.full((5,), c))
+        torch.testing.assert_close(eps[:, c], ref)
+    per_t = net.class_errors(x, timesteps=torch.tensor([10, 50]), n_noise=2, per_timestep=True)
+    assert per_t.shape == (5, 2, 4)
+    mean = net.class_errors(
+        x, timesteps=torch.tensor([10, 50]), n_noise=2, generator=torch.Generator().manual_seed(1)
+    )
+    again = net.class_errors(
+        x,
+        timesteps=torch.tensor([10, 50]),
+        n_noise=2,
+        generator=torch.Generator().manual_seed(1),
+        per_timestep=True,
+    ).mean(1)
+    torch.testing.assert_close(mean, again)
+
+
+def test_linear_fast_prediction_matches_the_network(trained, data):
+    model = trained["LinearClassifier"]
+    prepared = model._prepare(data[1], keys=model._input_keys())
+    fast = model._probabilities(prepared, batch_size=64)
+    slow = model._module_outputs(
+        prepared, lambda b: torch.softmax(model.module(b["X"])["logits"], dim=-1), batch_size=64
+    )
+    np.testing.assert_allclose(fast, slow, atol=1e-5)
 
 
 # ---------------------------------------------------------------- the five classifiers
@@ -271,7 +322,25 @@ def test_score_classifier_with_internal_encoder_roundtrip(data, tmp_path):
     model.save(tmp_path / "score")
     loaded = sp.models.ScoreClassifier.load(tmp_path / "score")
     assert loaded.temperature_ == pytest.approx(model.temperature_)
+    np.testing.assert_allclose(loaded.timestep_weights_, model.timestep_weights_)
     np.testing.assert_allclose(loaded.get_class_scores(data[1]), model.get_class_scores(data[1]), atol=1e-5)
+
+
+def test_score_timestep_weights_and_window(trained, data):
+    model = trained["ScoreClassifier"]
+    w = model.timestep_weights_  # uniform, or 1 / spread of class-centred validation errors; mean 1
+    assert w.shape == (model.init_params_["n_eval_timesteps"],) and (w > 0).all()
+    assert w.mean() == pytest.approx(1.0)
+    lo, hi = model.timestep_range_
+    assert 0.0 <= lo < hi <= 1.0
+    emb = data[1].obsm["X_pca"]
+    per_t = model._class_errors(emb, per_timestep=True)
+    np.testing.assert_allclose(
+        model._class_errors(emb), (per_t * w[None, :, None]).sum(1) / w.sum(), rtol=1e-5, atol=1e-7
+    )
+    with pytest.raises(ValueError, match="timestep_range"):
+        sp.models.ScoreClassifier(data[0].copy(), timestep_range=(0.5, 0.2))
+    assert model._scoring_timesteps().max() < model.module.score.n_timesteps
 
 
 def test_embedding_diffusion_samples_near_their_class(tmp_path):

@@ -140,6 +140,52 @@ def test_counterfactual_to_source_reproduces_reconstruction(trained):
     assert both.shape == sub.shape and np.isfinite(both).all()
 
 
+def test_residual_counterfactual_adds_the_heads_change_to_the_input(trained):
+    model, adata, _ = trained
+    view = adata[adata.obs["assay"] == "assay0"]  # a view is accepted as input
+    sub = view.copy()
+    x = np.asarray(sub.X, dtype=np.float32)
+    np.testing.assert_allclose(model.get_counterfactual(view, target={}, residual=True), x, atol=1e-5)
+    change = model.get_counterfactual(sub, target={"assay": "assay1"}) - model.get_counterfactual(
+        sub, target={}
+    )
+    res = model.get_counterfactual(sub, target={"assay": "assay1"}, residual=True)
+    np.testing.assert_allclose(res, x + change, rtol=1e-4, atol=1e-4)
+    assert np.abs(change).max() > 1e-4
+    model.counterfactual(sub, target={"assay": "assay1"}, residual=True, key_added="cf_res")
+    assert sub.uns["cf_res"]["params"]["residual"] is True
+
+
+def test_match_loss_compares_generated_and_real_means_per_combination():
+    x_t = torch.tensor([[1.0, 2.0], [3.0, 4.0], [10.0, 10.0], [7.0, 7.0]])
+    means = torch.tensor([[2.0, 3.0], [0.0, 0.0]])
+    rows = torch.tensor([0, 0, -1, 1])  # cell 2 targets a combination with no real cells
+    loss = ContextCycleAEModule.match_loss(x_t, means, rows)
+    # combo 0: generated mean (2, 3) = real mean; combo 1: (7, 7) vs (0, 0) -> 49, weight 1 of 3 cells
+    assert loss.item() == pytest.approx(49.0 / 3)
+    assert ContextCycleAEModule.match_loss(x_t, None, None).item() == 0.0
+
+
+def test_plan_keeps_the_exact_real_mean_of_each_combination():
+    from scpredict.train._cycle_plan import CycleTrainingPlan
+
+    m = ContextCycleAEModule(3, [2, 3])
+    plan = CycleTrainingPlan(m, field_keys=["a", "b"])
+    gen = torch.Generator().manual_seed(0)
+    x = torch.rand(40, 3, generator=gen)
+    codes = torch.stack(
+        [torch.randint(0, 2, (40,), generator=gen), torch.randint(0, 3, (40,), generator=gen)], 1
+    )
+    codes[(codes == torch.tensor([1, 2])).all(1), 1] = 1  # no real cell of combination (1, 2)
+    for part in torch.arange(40).split(13):  # batches of 13, 13, 13, 1
+        plan._update_means(x[part], codes[part])
+    means, rows = plan._match_targets(codes)
+    for i in range(40):
+        same = (codes == codes[i]).all(1)
+        torch.testing.assert_close(means[rows[i]], x[same].mean(0))
+    assert plan._match_targets(torch.tensor([[1, 2]]))[1].item() == -1  # (1, 2) has no real cell
+
+
 def test_shuffled_genes_give_the_same_counterfactual(trained):
     model, adata, _ = trained
     perm = np.random.default_rng(0).permutation(adata.n_vars)
@@ -227,3 +273,77 @@ def test_trains_from_chunk_directory_and_backed_h5ad(tmp_path):
     model_b.train(max_epochs=1, batch_size=32, chunk_size=50, logger=None, enable_checkpointing=False)
     assert len(model_b.history["train_loss"]) == 1
     assert np.isfinite(model_b.get_counterfactual(backed, target={"assay": "assay1"})).all()
+
+
+def test_lazy_chunk_directory_reads_real_expression(tmp_path):
+    """A lazy AnnData over a chunk directory gives the model the same cells as the in-memory AnnData, in
+    training (every cell once per epoch, same values) and in inference (same outputs)."""
+    from lightning.pytorch.callbacks import Callback
+
+    adata = _data(n_cells=150, n_genes=20)
+    sp.data.write_chunks(adata, tmp_path / "chunks", chunk_size=64, obs_keys=FIELDS)
+    lazy = sp.data.read_lazy(tmp_path / "chunks")
+    assert sp.data.source_of(lazy) is not None  # the expression is on disk, not in lazy.X
+
+    class Seen(Callback):
+        def __init__(self):
+            self.rows = []
+
+        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+            if trainer.current_epoch == 0:
+                self.rows.append(batch["X"].detach().cpu().numpy().copy())
+
+    sp.models.ContextCycleAE.setup_anndata(lazy, context_keys=FIELDS)
+    model = sp.models.ContextCycleAE(lazy, n_latent=4, n_latent_base=8)
+    seen = Seen()
+    model.train(
+        max_epochs=1,
+        batch_size=50,  # divides 150: no partial batch is dropped
+        train_size=1.0,
+        logger=None,
+        enable_checkpointing=False,
+        callbacks=[seen],
+    )
+    got = np.concatenate(seen.rows)
+    want = np.asarray(adata.X, dtype=np.float32)
+    assert got.shape == want.shape and np.abs(got).sum() > 0
+    order = lambda m: m[np.lexsort(m.T[::-1])]  # noqa: E731
+    np.testing.assert_allclose(order(got), order(want), rtol=1e-6)
+    # inference through the store equals inference on the in-memory copy (and is not the all-zero input)
+    target = {"assay": "assay1"}
+    from_disk = model.get_counterfactual(lazy, target=target)
+    in_memory = model.get_counterfactual(adata, target=target)
+    np.testing.assert_allclose(from_disk, in_memory, rtol=1e-5, atol=1e-6)
+    zeros = adata.copy()
+    zeros.X = np.zeros(adata.shape, dtype=np.float32)
+    assert not np.allclose(from_disk, model.get_counterfactual(zeros, target=target), atol=1e-4)
+    parts = model.get_contributions(lazy)
+    np.testing.assert_allclose(parts["assay"], model.get_contributions(adata)["assay"], rtol=1e-5, atol=1e-6)
+
+
+def test_cosine_schedule_decays_both_learning_rates():
+    from lightning.pytorch.callbacks import Callback
+
+    class Rates(Callback):
+        def __init__(self):
+            self.lrs = []
+
+        def on_train_epoch_start(self, trainer, pl_module):
+            self.lrs.append([o.param_groups[0]["lr"] for o in trainer.optimizers])
+
+    adata = _data(n_cells=60, n_genes=10)
+    model = sp.models.ContextCycleAE(adata, n_latent=4, n_latent_base=4, n_hidden_ffn=4)
+    rates = Rates()
+    model.train(
+        max_epochs=3,
+        lr=1e-2,
+        batch_size=30,
+        logger=None,
+        enable_checkpointing=False,
+        callbacks=[rates],
+        plan_kwargs={"lr_schedule": "cosine"},
+    )
+    np.testing.assert_allclose(np.array(rates.lrs)[:, 0], [1e-2, 0.75e-2, 0.25e-2], rtol=1e-6)
+    np.testing.assert_allclose(np.array(rates.lrs)[:, 1], [1e-2, 0.75e-2, 0.25e-2], rtol=1e-6)
+    with pytest.raises(ValueError, match="lr_schedule"):
+        model.train(max_epochs=1, logger=None, plan_kwargs={"lr_schedule": "linear"})

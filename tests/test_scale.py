@@ -131,7 +131,8 @@ def test_models_train_from_disk_and_predict_like_in_memory(cells, tmp_path):
     assert len(model.history["validation_loss"]) == 2
     p_disk = model.get_probabilities(lazy)
     p_mem = model.get_probabilities(adata)
-    np.testing.assert_allclose(p_disk, p_mem, atol=1e-6)
+    # in memory the classifier folds its batch norm into the weights (one sparse matmul): float32 rounding
+    np.testing.assert_allclose(p_disk, p_mem, atol=1e-5)
     model.predict(lazy[100:160], key_added="lin")  # a subset streams only its rows
     # chunk directory and CellDataModule give the same training data
     sp.data.write_chunks(adata, tmp_path / "ch", chunk_size=100)

@@ -10,12 +10,14 @@ ORDER = 40
 def run(out_dir: Path, report: dict) -> None:
     """Train a small ContextCycleAE streamed from a chunk directory, move cells to another assay, plot."""
     import tempfile
+    import time
 
     import matplotlib.pyplot as plt
     import numpy as np
 
     import scpredict as sp
 
+    t0 = time.perf_counter()
     adata = sp.datasets.synthetic_contexts(n_cells=600, n_genes=60, fields=("cell_type", "assay"), seed=0)
     with tempfile.TemporaryDirectory() as tmp:
         sp.data.write_chunks(adata, Path(tmp) / "chunks", chunk_size=200, obs_keys=["cell_type", "assay"])
@@ -57,3 +59,4 @@ def run(out_dir: Path, report: dict) -> None:
     fig.tight_layout()
     fig.savefig(out_dir / "counterfactual.png", dpi=110)
     plt.close(fig)
+    report["counterfactual"]["seconds"] = round(time.perf_counter() - t0, 1)

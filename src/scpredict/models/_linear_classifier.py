@@ -10,7 +10,7 @@ from anndata import AnnData
 
 from ..module._linear_classifier import LinearClassifierModule
 from ._base import BaseModel
-from ._classifier import ClassifierMixin, InputScale, setup_classifier
+from ._classifier import ClassifierMixin, InputScale, log_normalize, setup_classifier
 
 __all__ = ["LinearClassifier"]
 
@@ -107,7 +107,37 @@ class LinearClassifier(ClassifierMixin, BaseModel):
             max_epochs=max_epochs, batch_size=batch_size, lr=lr, weight_decay=weight_decay, **kwargs
         )
 
+    def _folded_weights(self) -> tuple[np.ndarray, np.ndarray]:
+        """``(W', b')`` with ``W' x + b' = W BN(x) + b`` at inference: the batch norm folded into the layer."""
+        m = self.module
+        bn, lin = m.input_bn, m.linear
+        with torch.no_grad():
+            inv = torch.rsqrt(bn.running_var + bn.eps)
+            w = lin.weight * inv  # (n_classes, n_genes)
+            b = lin.bias - w @ bn.running_mean
+        return w.cpu().numpy().astype(np.float32), b.cpu().numpy().astype(np.float32)
+
     def _probabilities(self, prepared: Any, *, batch_size: int) -> np.ndarray:
-        return self._module_outputs(
-            prepared, lambda b: torch.softmax(self.module(b["X"])["logits"], dim=-1), batch_size=batch_size
-        )
+        from ..data._datamodule import inference_shard
+
+        if getattr(prepared, "is_stream", False):  # streamed from disk: the base loader path
+            return self._module_outputs(
+                prepared,
+                lambda b: torch.softmax(self.module(b["X"])["logits"], dim=-1),
+                batch_size=batch_size,
+            )
+        # In memory: the layer is linear at inference, so one (sparse) matmul per large block of cells beats a
+        # data loader that densifies small batches.
+        shard, gather = inference_shard(prepared.n_obs)
+        x = prepared.adata.X if shard is None else prepared.adata.X[shard]
+        w, b = self._folded_weights()
+        scale = "counts" if self.module.log_normalize_input else "log1p"
+        block = max(int(batch_size), 16_384)
+        out = np.empty((x.shape[0], w.shape[0]), dtype=np.float32)
+        for start in range(0, x.shape[0], block):
+            xb = log_normalize(x[start : start + block], scale=scale)
+            logits = np.asarray(xb @ w.T, dtype=np.float32) + b
+            logits -= logits.max(axis=1, keepdims=True)
+            np.exp(logits, out=logits)
+            out[start : start + block] = logits / logits.sum(axis=1, keepdims=True)
+        return out if gather is None else gather(out)

@@ -11,7 +11,9 @@ The architecture follows the seed document "Context-Conditioned Cycle Autoencode
 * the output is additive: ``x̂ = x̂_base + Σ_f x̂_f``, so the L2 norm of each ``x̂_f`` is that field's
   contribution;
 * a metadata **classifier** on expression (one softmax head per field) that supplies the target-consistency
-  signal during cycle training (it is *not* a GAN discriminator: it is trained only on real cells).
+  signal during cycle training (it is *not* a GAN discriminator: it is trained only on real cells);
+* an optional mean-matching loss (not in the seed): the mean of the cells generated for a combination of
+  contexts against the mean of real cells of that combination, which calibrates the size of each head's change.
 
 Cycle training in the spirit of StarGAN / CycleGAN (Choi et al., CVPR 2018; Zhu et al., ICCV 2017) applied to
 expression, like the counterfactual decoders of CPA (Lotfollahi et al., Mol Syst Biol 2023) and biolord
@@ -41,6 +43,7 @@ class CycleLosses(NamedTuple):
     cycle: torch.Tensor
     integration: torch.Tensor
     target: torch.Tensor
+    match: torch.Tensor
 
 
 class ContextFFNPool(nn.Module):
@@ -245,6 +248,8 @@ class ContextCycleAEModule(nn.Module):
         target: torch.Tensor,
         *,
         weights: dict[str, float] | None = None,
+        match_means: torch.Tensor | None = None,
+        match_rows: torch.Tensor | None = None,
     ) -> tuple[CycleLosses, dict]:
         """Generator losses of one cycle step.
 
@@ -252,13 +257,27 @@ class ContextCycleAEModule(nn.Module):
         cross-entropy of the generated cells against ``target`` is the target-consistency loss. Cycle 2 encodes
         the generated cells and decodes them under ``source``. Reconstruction = MSE of the source-context
         reconstruction; cycle = MSE of the cycle-2 output against ``x``; integration = MSE between the hidden
-        states of the two cycles.
+        states of the two cycles. Match (optional) = the squared distance between the mean of the generated cells
+        sent to a context combination and the mean of real cells of that combination (``match_means``), averaged
+        over genes and weighted by the number of generated cells: it calibrates the size of the change a head
+        makes (the classifier alone is satisfied by any change that crosses its decision boundary).
+
+        Parameters
+        ----------
+        x, source, target
+            Expression ``(n, G)``, own and target codes ``(n, n_fields)``.
+        weights
+            Weights of ``recon``, ``cycle``, ``integration``, ``target`` and ``match``.
+        match_means
+            ``(R, G)`` mean expression of real cells per context combination.
+        match_rows
+            ``(n,)`` row of ``match_means`` of each cell's target combination, ``-1`` where none is known.
 
         Returns
         -------
         The losses and the cycle-1 output dict (for logging contributions).
         """
-        w = {"recon": 1.0, "cycle": 1.0, "integration": 1.0, "target": 1.0}
+        w = {"recon": 1.0, "cycle": 1.0, "integration": 1.0, "target": 1.0, "match": 1.0}
         if weights:
             w.update(weights)
         h1 = self.encode(x)
@@ -275,10 +294,31 @@ class ContextCycleAEModule(nn.Module):
         integration = torch.stack([F.mse_loss(a, b) for a, b in pairs]).mean()
         logits = self.classifier(x_t)
         target_ce = torch.stack([F.cross_entropy(lg, target[:, f]) for f, lg in enumerate(logits)]).mean()
+        match = self.match_loss(x_t, match_means, match_rows)
         total = (
-            w["recon"] * recon + w["cycle"] * cycle + w["integration"] * integration + w["target"] * target_ce
+            w["recon"] * recon
+            + w["cycle"] * cycle
+            + w["integration"] * integration
+            + w["target"] * target_ce
+            + w["match"] * match
         )
-        return CycleLosses(total, recon, cycle, integration, target_ce), rec
+        return CycleLosses(total, recon, cycle, integration, target_ce, match), rec
+
+    @staticmethod
+    def match_loss(x_t: torch.Tensor, means: torch.Tensor | None, rows: torch.Tensor | None) -> torch.Tensor:
+        """Mean over genes of ``(mean of generated cells per combination − real mean)²``, cell-weighted."""
+        if means is None or rows is None:
+            return x_t.new_zeros(())
+        ok = rows >= 0
+        if not bool(ok.any()):
+            return x_t.new_zeros(())
+        r = rows[ok]
+        sums = x_t.new_zeros(means.shape).index_add(0, r, x_t[ok])
+        counts = torch.bincount(r, minlength=means.shape[0]).to(x_t.dtype)
+        seen = counts > 0
+        gen_means = sums[seen] / counts[seen, None]
+        per_combo = ((gen_means - means[seen]) ** 2).mean(1)
+        return (per_combo * counts[seen]).sum() / counts[seen].sum()
 
     @staticmethod
     def contribution_norms(parts: dict) -> torch.Tensor:

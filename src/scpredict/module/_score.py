@@ -72,6 +72,10 @@ class _ResidualBlock(nn.Module):
 
     def forward(self, h: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:  # noqa: D102
         scale, shift = self.film(F.silu(cond)).chunk(2, dim=-1)
+        return self.forward_film(h, scale, shift)
+
+    def forward_film(self, h: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
+        """The block with precomputed FiLM ``scale``/``shift`` (broadcast against ``h``)."""
         z = self.norm(h) * (1 + scale) + shift
         return h + self.fc2(self.dropout(F.silu(self.fc1(z))))
 
@@ -194,6 +198,21 @@ class ScoreModule(nn.Module):
         edges = torch.linspace(0, self.n_timesteps, n_eval_timesteps + 1, device=self.schedule.betas.device)
         return ((edges[:-1] + edges[1:]) / 2).long().clamp_max(self.n_timesteps - 1)
 
+    def _eps_all_classes(self, x_t: torch.Tensor, t: int) -> torch.Tensor:
+        """``ε_θ(x_t, t, y)`` for every class ``y`` at one timestep: ``(n, n_classes, n_input)``.
+
+        Same result as calling :meth:`forward` once per class, but the input projection is computed once per
+        cell and the timestep/class conditioning (FiLM) once per class."""
+        n, c = x_t.shape[0], self.n_classes
+        classes = torch.arange(c, device=x_t.device)
+        t_vec = torch.full((c,), int(t), device=x_t.device, dtype=torch.long)
+        cond = self.time_mlp(timestep_embedding(t_vec, self.n_time_embed)) + self.class_embedding(classes)
+        h = self.input(x_t)[:, None, :].expand(n, c, -1)  # (n, c, H)
+        for block in self.blocks:
+            scale, shift = block.film(F.silu(cond)).chunk(2, dim=-1)  # (c, H) each
+            h = block.forward_film(h, scale, shift)
+        return self.out(self.out_norm(h))
+
     @torch.no_grad()
     def class_errors(
         self,
@@ -202,41 +221,53 @@ class ScoreModule(nn.Module):
         n_eval_timesteps: int = 25,
         n_noise: int = 2,
         generator: torch.Generator | None = None,
+        timesteps: torch.Tensor | None = None,
+        per_timestep: bool = False,
     ) -> torch.Tensor:
         """Expected denoising error of every cell under every class.
 
-        The same timesteps and noise draws are used for all classes of a cell (paired comparison).
+        Variance reduction: the same timesteps and noise draws are used for all classes of a cell (common
+        random numbers: only differences between classes matter for classification), and noise draws come in
+        antithetic pairs ``(ε, −ε)`` (the second of each pair reuses the first's noise, negated).
 
         Parameters
         ----------
         x
             ``(n, n_input)`` embeddings (not yet standardised).
         n_eval_timesteps
-            Number of evenly spaced timesteps averaged over.
+            Number of evenly spaced timesteps averaged over (ignored when ``timesteps`` is given).
         n_noise
             Noise draws per timestep.
         generator
             Random generator for the noise (fix its seed for reproducible scores).
+        timesteps
+            Explicit integer timesteps to evaluate.
+        per_timestep
+            Return the errors of every timestep instead of their mean.
 
         Returns
         -------
-        ``(n, n_classes)`` mean squared denoising error; the SCORE class score is its negative.
+        ``(n, n_classes)`` mean squared denoising error (``(n, n_timesteps, n_classes)`` with
+        ``per_timestep``); the SCORE class score is its negative.
         """
         x0 = self.standardize(x)
-        n, d = x0.shape
-        c = self.n_classes
-        ts = self.eval_timesteps(n_eval_timesteps)
-        classes = torch.arange(c, device=x0.device).repeat(n)  # (n*c,) as [0..c-1, 0..c-1, ...]
-        total = x0.new_zeros(n, c)
-        for t_val in ts:
-            t = torch.full((n * c,), int(t_val), device=x0.device, dtype=torch.long)
-            for _ in range(n_noise):
-                noise = torch.randn(x0.shape, device=x0.device, generator=generator)
-                x_t = self.schedule.q_sample(x0, t[:n], noise)
-                eps = self(x_t.repeat_interleave(c, dim=0), t, classes)
-                err = (eps - noise.repeat_interleave(c, dim=0)).pow(2).mean(dim=-1)
-                total += err.view(n, c)
-        return total / (len(ts) * n_noise)
+        n = x0.shape[0]
+        ts = self.eval_timesteps(n_eval_timesteps) if timesteps is None else torch.as_tensor(timesteps)
+        abar = self.schedule.alphas_cumprod
+        out = x0.new_zeros(n, len(ts), self.n_classes)
+        for k, t_val in enumerate(ts.tolist()):
+            a = abar[int(t_val)].to(x0.dtype)
+            noise = None
+            for j in range(n_noise):
+                if j % 2 == 0:
+                    noise = torch.randn(x0.shape, device=x0.device, generator=generator)
+                else:
+                    noise = -noise  # antithetic partner of the previous draw
+                x_t = a.sqrt() * x0 + (1 - a).sqrt() * noise
+                eps = self._eps_all_classes(x_t, int(t_val))  # (n, c, d)
+                out[:, k] += (eps - noise[:, None, :]).pow(2).mean(dim=-1)
+        out /= n_noise
+        return out if per_timestep else out.mean(dim=1)
 
     @torch.no_grad()
     def sample(
@@ -321,6 +352,8 @@ class EmbeddingScoreModule(nn.Module):
             msg = "pass n_embedding (the width of the obsm embedding) or encoder_kwargs."
             raise ValueError(msg)
         self.score = ScoreModule(int(width), n_classes, **score_kwargs)
+        #: (t, ε) draws per cell in the validation loss
+        self.n_val_draws = 4
 
     def embed(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         """The embedding of a batch: encoder output of ``batch["X"]`` or ``batch["embedding"]``."""
@@ -348,5 +381,13 @@ class EmbeddingScoreModule(nn.Module):
         else:
             z = self.embed(batch)
         y = self._labels(batch, z.shape[0], z.device)
-        loss = self.score.denoising_loss(z, y)
+        if self.training:
+            loss = self.score.denoising_loss(z, y)
+        else:
+            # validation: the same (t, ε) draws every epoch and several of them per cell, so that early
+            # stopping and best-epoch selection compare epochs on a low-variance, fixed estimate
+            gen = torch.Generator(device=z.device).manual_seed(0)
+            loss = torch.stack(
+                [self.score.denoising_loss(z, y, generator=gen) for _ in range(self.n_val_draws)]
+            ).mean()
         return LossOutput(loss=loss, metrics={"denoising_mse": loss.detach()}, n_obs=z.shape[0])
