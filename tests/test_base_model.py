@@ -120,6 +120,15 @@ def test_shuffled_var_order_identical(adata, trained):
     np.testing.assert_array_equal(shuffled.layers["rec"], ref[:, perm])
 
 
+def test_dense_view_gives_the_rows_of_the_full_result(adata, trained):
+    dense = adata.copy()
+    dense.X = np.asarray(dense.X.toarray() if sp_sparse.issparse(dense.X) else dense.X)
+    ref = trained.get_reconstruction(dense)
+    view = dense[10:40]  # an AnnData view: its dense X is an ArrayView, not an ndarray
+    assert view.is_view
+    np.testing.assert_allclose(trained.get_reconstruction(view), ref[10:40], rtol=1e-6)
+
+
 def test_few_missing_genes_zero_filled_with_warning(adata, trained):
     sub = adata[:, 2:].copy()  # 2 of 40 genes missing (5%)
     with pytest.warns(UserWarning, match="missing"):

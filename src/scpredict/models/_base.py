@@ -352,6 +352,8 @@ class BaseModel:
             what=f"this {type(self).__name__}",
         )
         x = align_matrix(x, alignment)
+        if isinstance(x, np.ndarray) and type(x) is not np.ndarray:
+            x = np.asarray(x)  # an AnnData view's ArrayView: scvi-tools' loader would hand it out untensored
         cat_keys = [k for k in rec.categorical if k in wanted]
         codes = self._encode_categories(adata, cat_keys)
         obs = pd.DataFrame(index=adata.obs_names.copy())
