@@ -194,3 +194,21 @@ def test_backbone_runs_once_per_condition():
     model.module.loss(batch, per_cell=True)
     hook.remove()
     assert seen == [len(set(codes)), len(codes)]
+
+
+def test_linear_head_predictions_are_clipped_at_zero(trained):
+    import copy
+
+    import torch
+
+    adata, model = trained
+    clipped = copy.deepcopy(model)
+    with torch.no_grad():
+        clipped.module.gene_offset[:5] = -10.0  # the unbounded head now says "negative log-expression"
+    perts = ["control", *sorted(set(model.perturbations_) - {"control"})[:2]]
+    prof = clipped.get_perturbation_profiles(perts).X
+    assert (prof >= 0).all() and np.all(prof[:, :5] == 0)
+    np.testing.assert_allclose(prof[:, 5:], model.get_perturbation_profiles(perts).X[:, 5:], rtol=1e-6)
+    ad = adata[:40].copy()
+    clipped.predict(ad, key_added="bm")
+    assert ad.layers["bm"].min() >= 0 and np.all(ad.layers["bm"][:, :5] == 0)

@@ -95,6 +95,53 @@ def test_ssd_matches_naive_outputs_and_gradients(chunk_size, groups):
         torch.testing.assert_close(a, r, atol=1e-5, rtol=0)
 
 
+def test_ssd_initial_and_final_states_continue_the_scan():
+    b, length, h, p, n = 2, 29, 4, 3, 5
+    x, dt, B, C, D, bias = _leaves(
+        (b, length, h, p), (b, length, h), (b, length, 2, n), (b, length, 2, n), (h,), (h,), seed=3
+    )
+    A = -torch.linspace(0.2, 3.0, h, dtype=F64)
+    leaves = [x, dt, B, C, D, bias]
+    ref = _naive_mamba2(x, dt, A, B, C, D, bias)
+    kw = {"A": A, "chunk_size": 8, "D": D, "dt_bias": bias, "dt_softplus": True}
+    cut = 13  # not a multiple of the chunk size
+    y1, state = ssd_chunk_scan(
+        x[:, :cut], dt[:, :cut], B=B[:, :cut], C=C[:, :cut], return_final_states=True, **kw
+    )
+    assert state.shape == (b, h, p, n)
+    y2 = ssd_chunk_scan(x[:, cut:], dt[:, cut:], B=B[:, cut:], C=C[:, cut:], initial_states=state, **kw)
+    out = torch.cat([y1, y2], dim=1)
+    torch.testing.assert_close(out, ref, atol=1e-5, rtol=0)
+    g = torch.randn_like(ref)
+    for a, r in zip(torch.autograd.grad(out, leaves, g), torch.autograd.grad(ref, leaves, g), strict=True):
+        torch.testing.assert_close(a, r, atol=1e-5, rtol=0)
+
+
+def test_mamba2_segments_equal_one_pass(monkeypatch):
+    import scpredict.nn._mamba as mamba_module
+
+    lengths = []
+
+    def spy(x, *args, **kwargs):
+        lengths.append(x.shape[1])
+        return ssd_chunk_scan(x, *args, **kwargs)
+
+    monkeypatch.setattr(mamba_module, "ssd_chunk_scan", spy)
+    torch.manual_seed(0)
+    seg = Mamba2(16, d_state=8, headdim=8, chunk_size=8, segment_length=11).double()
+    one = Mamba2(16, d_state=8, headdim=8, chunk_size=8, segment_length=None).double()
+    one.load_state_dict(seg.state_dict())
+    x = torch.randn(2, 40, 16, dtype=F64, requires_grad=True)
+    out_seg, out_one = seg(x), one(x)
+    torch.testing.assert_close(out_seg, out_one, atol=1e-10, rtol=0)
+    g = torch.randn_like(out_one)
+    gs = torch.autograd.grad(out_seg, [x, *seg.parameters()], g)
+    go = torch.autograd.grad(out_one, [x, *one.parameters()], g)
+    for a, r in zip(gs, go, strict=True):  # A_log goes through float32 (as in mamba_ssm): rtol 1e-6
+        torch.testing.assert_close(a, r, atol=1e-8, rtol=1e-6)
+    assert lengths == [10, 10, 10, 10, 40]  # four equal segments, then the one pass
+
+
 def test_causal_conv1d_equals_conv1d_and_is_causal():
     x, w, bias = _leaves((2, 6, 15), (6, 1, 4), (6,), seed=2)
     ref = F.silu(F.conv1d(x, w, bias, padding=3, groups=6)[..., :15])

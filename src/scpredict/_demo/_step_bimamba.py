@@ -24,7 +24,9 @@ def run(out_dir: Path, report: dict) -> None:
     model = sp.models.BiMambaPredictor(
         train, d_model=16, n_layers=1, gene_identity_dim=8, position_dim=8, n_frequencies=4, cond_dim=16
     )
-    model.train(max_epochs=6, progress_bar="none", logger=None, enable_checkpointing=False)
+    model.train(
+        max_epochs=30, early_stopping=False, progress_bar="none", logger=None, enable_checkpointing=False
+    )
     ax = sp.pl.training_history(model)
     fig = ax.figure if hasattr(ax, "figure") else ax
     fig.savefig(out_dir / "bimamba_history.png", dpi=110, bbox_inches="tight")

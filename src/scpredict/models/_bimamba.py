@@ -238,6 +238,7 @@ class BiMambaPredictor(PerturbationModel):
         self.target_vocab_ = sorted({t for p in self.perturbations_ for t in self.targets(p)})
         if head == "linear":
             self.extra_arrays_["gene_mean"] = target.mean(0).astype(np.float32)
+            self.nonnegative_ = bool(target.size == 0 or target.min() >= 0)
         else:
             lib = target.sum(1)
             self.library_reference_ = float(np.median(lib[lib > 0])) if (lib > 0).any() else 1.0
@@ -344,12 +345,14 @@ class BiMambaPredictor(PerturbationModel):
             "target_vocab": self.target_vocab_,
             "chromosomes": self.chromosomes_,
             "library_reference": getattr(self, "library_reference_", 1.0),
+            "nonnegative": getattr(self, "nonnegative_", True),
         }
 
     def _set_extra_metadata(self, meta) -> None:
         self.target_vocab_ = list(meta["target_vocab"])
         self.chromosomes_ = list(meta["chromosomes"])
         self.library_reference_ = float(meta["library_reference"])
+        self.nonnegative_ = bool(meta.get("nonnegative", True))
 
     def _build_module(self) -> BiMambaModule:
         p = dict(self.init_params_)
@@ -507,7 +510,8 @@ class BiMambaPredictor(PerturbationModel):
     def _predict_profiles(self, conditions: pd.DataFrame) -> np.ndarray:
         out = self._module_profiles(conditions)
         if self.head == "linear":
-            return out["mean"]
+            # the linear head is unbounded; log-normalized expression is not (clipped like the baselines)
+            return np.clip(out["mean"], 0.0, None) if getattr(self, "nonnegative_", True) else out["mean"]
         return np.log1p(np.exp(out["mean"]) * _LOG1P_TARGET_SUM / self.library_reference_)
 
     def get_perturbation_profiles(self, perturbations: Sequence[str], *, covariates=None) -> AnnData:
@@ -522,7 +526,8 @@ class BiMambaPredictor(PerturbationModel):
 
         Returns
         -------
-        AnnData with ``X`` the predicted log1p-normalized profiles (one row per condition); for the
+        AnnData with ``X`` the predicted log1p-normalized profiles (one row per condition; the linear head's
+        output is clipped at 0 when its training data were non-negative); for the
         probabilistic head also ``layers['nb_mean']`` (expected counts at the reference library size
         ``uns['library_reference']``) and ``layers['dispersion']`` (NB inverse dispersion θ).
         """
@@ -550,7 +555,7 @@ class BiMambaPredictor(PerturbationModel):
         ``None``; writes
 
         - ``adata.layers[key_added]`` : float32 (n_obs, n_vars); linear head: predicted log-normalized
-          expression; probabilistic head: the NB mean count at each cell's library size (its total counts when
+          expression (clipped at 0 when the training data were non-negative); probabilistic head: the NB mean count at each cell's library size (its total counts when
           ``adata`` has counts, else the reference library size)
         - ``adata.uns[key_added]`` : params (perturbation key, control, covariates, scale), model, version, genes
         """

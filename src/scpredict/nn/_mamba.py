@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ._scan import Backend, causal_conv1d, selective_scan, ssd_chunk_scan
+from ._scan import Backend, causal_conv1d, resolve_backend, selective_scan, ssd_chunk_scan
 
 __all__ = ["BiMamba", "BiMambaBlock", "GatedRMSNorm", "Mamba", "Mamba2"]
 
@@ -184,6 +184,12 @@ class Mamba2(nn.Module):
         Range of the initial step sizes.
     chunk_size
         Chunk length of the SSD scan.
+    segment_length
+        On the PyTorch path, sequences longer than this run in equal segments of at most this many tokens
+        (projections, convolution and scan per segment, the scan state and the convolution's last inputs
+        carried across), which keeps the working set of every operation cache-sized so that time stays linear
+        in the length (~2x faster at 16k tokens on a 2-core CPU); the result equals one pass. ``None``: one
+        pass.
     backend
         ``"auto"``, ``"torch"`` or ``"cuda"``.
     """
@@ -202,11 +208,13 @@ class Mamba2(nn.Module):
         dt_max: float = 0.1,
         dt_init_floor: float = 1e-4,
         chunk_size: int = 64,
+        segment_length: int | None = 2048,
         backend: Backend = "auto",
     ) -> None:
         super().__init__()
         self.d_model, self.d_state, self.d_conv, self.expand = d_model, d_state, d_conv, expand
         self.d_inner = expand * d_model
+        self.segment_length = segment_length
         if self.d_inner % headdim:
             msg = f"expand * d_model = {self.d_inner} must be divisible by headdim = {headdim}."
             raise ValueError(msg)
@@ -240,15 +248,46 @@ class Mamba2(nn.Module):
         torch.Tensor
             ``(batch, length, d_model)``; position ``t`` depends on positions ``<= t`` only.
         """
+        length = hidden_states.shape[1]
+        seg = self.segment_length
+        if (
+            seg is None
+            or length <= seg
+            or resolve_backend(hidden_states, self.backend, kernel="ssd") == "cuda"
+        ):
+            return self._segment(hidden_states, None, None, carry=False)[0]
+        seg = -(-length // -(-length // seg))  # equal segments of at most segment_length tokens
+        outs, state, halo = [], None, None
+        for start in range(0, length, seg):
+            out, state, halo = self._segment(hidden_states[:, start : start + seg], state, halo, carry=True)
+            outs.append(out)
+        return torch.cat(outs, dim=1)
+
+    def _segment(
+        self,
+        hidden_states: torch.Tensor,
+        state: torch.Tensor | None,
+        halo: torch.Tensor | None,
+        *,
+        carry: bool,
+    ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+        """One segment: output and, with ``carry``, the scan state after it and the last ``d_conv - 1``
+        convolution inputs (what the next segment needs)."""
         batch, length, _ = hidden_states.shape
         gn = self.ngroups * self.d_state
         z, xBC, dt = torch.split(
             self.in_proj(hidden_states), [self.d_inner, self.d_inner + 2 * gn, self.nheads], dim=-1
         )
+        xBC = xBC.transpose(1, 2)
+        if halo is not None:  # the previous segment's last inputs: the convolution sees across the boundary
+            xBC = torch.cat([halo, xBC], dim=-1)
+        next_halo = xBC[..., -(self.d_conv - 1) :] if carry and self.d_conv > 1 else None
         xBC = causal_conv1d(
-            xBC.transpose(1, 2), self.conv1d.weight, self.conv1d.bias, activation="silu", backend=self.backend
-        ).transpose(1, 2)
-        x, B, C = torch.split(xBC, [self.d_inner, gn, gn], dim=-1)
+            xBC, self.conv1d.weight, self.conv1d.bias, activation="silu", backend=self.backend
+        )
+        if halo is not None:
+            xBC = xBC[..., halo.shape[-1] :]
+        x, B, C = torch.split(xBC.transpose(1, 2), [self.d_inner, gn, gn], dim=-1)
         y = ssd_chunk_scan(
             x.reshape(batch, length, self.nheads, self.headdim),
             dt,
@@ -259,10 +298,13 @@ class Mamba2(nn.Module):
             D=self.D,
             dt_bias=self.dt_bias,
             dt_softplus=True,
+            initial_states=state,
+            return_final_states=carry,
             backend=self.backend,
         )
+        y, state = y if carry else (y, None)
         y = self.norm(y.reshape(batch, length, self.d_inner), z)
-        return self.out_proj(y)
+        return self.out_proj(y), state, next_halo
 
 
 class BiMamba(nn.Module):

@@ -343,8 +343,10 @@ def ssd_chunk_scan(
     D: torch.Tensor | None = None,
     dt_bias: torch.Tensor | None = None,
     dt_softplus: bool = False,
+    initial_states: torch.Tensor | None = None,
+    return_final_states: bool = False,
     backend: Backend = "auto",
-) -> torch.Tensor:
+) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
     """Mamba-2 scan by state space duality (same semantics as ``mamba_chunk_scan_combined``).
 
     With a scalar ``A`` per head and ``Δ = softplus(dt + dt_bias)``::
@@ -373,16 +375,34 @@ def ssd_chunk_scan(
         ``(heads,)``, added to ``dt`` before the softplus.
     dt_softplus
         Apply softplus to ``dt + dt_bias``.
+    initial_states
+        ``(batch, heads, headdim, n)`` state before the first token (default zeros); with
+        ``return_final_states`` this lets a long sequence be scanned segment by segment.
+    return_final_states
+        Also return the state after the last token.
     backend
         ``"auto"``, ``"torch"`` or ``"cuda"``; see :func:`resolve_backend`.
 
     Returns
     -------
-    torch.Tensor
-        ``(batch, length, heads, headdim)``.
+    torch.Tensor or tuple
+        ``y``, ``(batch, length, heads, headdim)``; with ``return_final_states``, ``(y, final_states)`` with
+        ``final_states`` of shape ``(batch, heads, headdim, n)``.
     """
     if resolve_backend(x, backend, kernel="ssd") == "cuda":
-        return cuda_kernels().ssd(x, dt, A, B, C, chunk_size, D=D, dt_bias=dt_bias, dt_softplus=dt_softplus)
+        return cuda_kernels().ssd(
+            x,
+            dt,
+            A,
+            B,
+            C,
+            chunk_size,
+            D=D,
+            dt_bias=dt_bias,
+            dt_softplus=dt_softplus,
+            initial_states=initial_states,
+            return_final_states=return_final_states,
+        )
     dtype = x.dtype
     work = torch.promote_types(dtype, torch.float32)
     x, dt, A, B, C = (t.to(work) for t in (x, dt, A, B, C))
@@ -419,7 +439,10 @@ def ssd_chunk_scan(
     states = torch.einsum("bclgkp,bclgn->bcgkpn", xd * to_end, B)
     # 3. recurrence across chunks (one step per chunk; unbind/stack keep autograd linear)
     chunk_decay = torch.exp(a_cum[..., -1]).unsqueeze(-1).unsqueeze(-1)  # (b, g, k, c, 1, 1)
-    prev = torch.zeros_like(states[:, 0])
+    if initial_states is None:
+        prev = torch.zeros_like(states[:, 0])
+    else:
+        prev = initial_states.to(work).reshape(batch, groups, k, headdim, n)
     entering = []
     for s_c, d_c in zip(states.unbind(1), chunk_decay.unbind(3), strict=True):
         entering.append(prev)
@@ -432,4 +455,6 @@ def ssd_chunk_scan(
     if D is not None:
         Dw = D.to(work)
         y = y + x * (Dw[:, None] if Dw.ndim == 1 else Dw)
+    if return_final_states:  # padded tokens decay by exp(0) = 1 and add nothing: prev is the state at the end
+        return y.to(dtype), prev.reshape(batch, heads, headdim, n).to(dtype)
     return y.to(dtype)
