@@ -349,9 +349,9 @@ def main() -> None:
             res.update(_label=f"full {args.n_cells:,}", _subset_n=-1)
             rows.append(res)
     previous = HERE / "results" / "scale.json"
+    old = json.loads(previous.read_text()) if previous.exists() else None
     commands = ["python benchmarks/scale.py " + " ".join(sys.argv[1:])]
-    if args.merge and previous.exists():
-        old = json.loads(previous.read_text())
+    if args.merge and old is not None:
         commands = old.get("commands", []) + commands
         done = {(r.get("model"), r.get("mode"), r.get("_label")) for r in rows}
         rows = [r for r in old["rows"] if (r.get("model"), r.get("mode"), r.get("_label")) not in done] + rows
@@ -360,7 +360,7 @@ def main() -> None:
         for r in rows:
             if r.get("mode") == "memory" and "error" not in r:
                 ref[r["model"]] = r["cells_per_s"]
-    ddp_rows = (json.loads(previous.read_text())["ddp"] if args.skip_ddp and previous.exists() else None) or [
+    ddp_rows = (old["ddp"] if args.skip_ddp and old is not None else None) or [
         measure(ddp, "LinearClassifier", "backed", epochs=args.ddp_epochs, devices=1, batch_size=256),
         measure(
             ddp,

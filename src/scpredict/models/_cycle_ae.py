@@ -14,7 +14,6 @@ from anndata import AnnData
 
 from .._keys import contribution_key
 from ..data._alignment import align_genes
-from ..data._backed import source_of
 from ..module._cycle_ae import DEFAULT_HEAD_SCALE, ContextCycleAEModule
 from ..train._cycle_plan import CycleTrainingPlan, StreamDataModule
 from ._base import BaseModel
@@ -295,8 +294,6 @@ class ContextCycleAE(BaseModel):
         if adata is None:
             msg = "pass `adata=`: this model was loaded without an AnnData."
             raise ValueError(msg)
-        if adata.is_view and not adata.isbacked and source_of(adata) is None:
-            adata = adata.copy()  # the in-memory loader does not take numpy views of a view's matrix
         fixed = self._target_codes(target)
         own = [k for k in self.context_keys if residual or k not in fixed]
         prepared = self._prepare(adata, keys=own)
