@@ -454,3 +454,35 @@ def test_plots(trained):
         d.uns["design"]["progress"]["objective"]
     )
     plt.close("all")
+
+
+def test_ema_of_weights_is_used_after_training():
+    """ema_decay replaces the last weights by the exponential moving average of the per-step weights."""
+    import lightning.pytorch as pl
+
+    import scpredict as sp
+
+    a = _data(n_cells=160, n_genes=24)
+    m = sp.models.ScoreDiffusion(a, n_hidden=32, n_layers=1, n_emb=8, n_steps=50)
+    seen: list[list[torch.Tensor]] = []
+
+    class Record(pl.Callback):
+        def on_train_start(self, trainer, pl_module):
+            seen.append([p.detach().clone() for p in m.module.net.parameters()])
+
+        def on_train_batch_end(self, trainer, pl_module, *args):
+            seen.append([p.detach().clone() for p in m.module.net.parameters()])
+
+    m.train(max_epochs=2, batch_size=32, logger=None, enable_checkpointing=False, ema_decay=0.9,
+            callbacks=[Record()])  # fmt: skip
+    assert len(seen) > 5
+    ema = [p.clone() for p in seen[0]]
+    for step, params in enumerate(seen[1:], start=1):
+        d = min(0.9, (1 + step) / (10 + step))
+        ema = [d * e + (1 - d) * p for e, p in zip(ema, params, strict=True)]
+    final = list(m.module.net.parameters())
+    for e, p in zip(ema, final, strict=True):
+        torch.testing.assert_close(p.detach(), e, atol=1e-5, rtol=1e-4)
+    assert any(not torch.allclose(p, q) for p, q in zip(final, seen[-1], strict=True))  # not the last weights
+    with pytest.raises(ValueError, match="ema_decay"):
+        m.train(max_epochs=1, logger=None, enable_checkpointing=False, ema_decay=1.5)

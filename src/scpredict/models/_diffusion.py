@@ -230,6 +230,7 @@ class ScoreDiffusion(PerturbationModel):
         batch_size: int = 128,
         lr: float = 1e-3,
         early_stopping: bool = False,
+        ema_decay: float | None = None,
         **kwargs: Any,
     ) -> None:
         """Train the autoencoder (``space="latent"``), then the score network (Lightning).
@@ -245,6 +246,9 @@ class ScoreDiffusion(PerturbationModel):
             Epochs of the autoencoder (``space="latent"`` only).
         batch_size, lr, early_stopping
             As in :meth:`BaseModel.train`; the diffusion loss is noisy, so early stopping is off by default.
+        ema_decay
+            Keep an exponential moving average of the score network's weights with this decay per step (e.g.
+            0.999, as in Ho et al. 2020) and use it as the final weights; ``None`` keeps the last weights.
         **kwargs
             Passed to :meth:`BaseModel.train` (``train_indices``, ``accelerator``, ``logger``, ...).
         """
@@ -273,6 +277,10 @@ class ScoreDiffusion(PerturbationModel):
             m.clip_low.copy_(lo - margin)
             m.clip_high.copy_(hi + margin)
         m.train()  # the autoencoder stage leaves the module in eval mode
+        if ema_decay is not None:
+            if not 0.0 < ema_decay < 1.0:
+                raise ValueError(f"ema_decay must be in (0, 1), got {ema_decay}.")
+            kwargs["callbacks"] = [*kwargs.get("callbacks", []), _weight_ema(m.net, ema_decay)]
         super().train(
             max_epochs=max_epochs, batch_size=batch_size, lr=lr, early_stopping=early_stopping, **kwargs
         )
@@ -781,6 +789,36 @@ class ScoreDiffusion(PerturbationModel):
             return ((x - mu) / sd * values).mean(1)
         gap = ((mu - values) ** 2).sum()
         return 1.0 - ((x - values) ** 2).sum(1) / max(gap, 1e-12)
+
+
+def _weight_ema(net: torch.nn.Module, decay: float):
+    """Lightning callback keeping an exponential moving average of ``net``'s parameters during training and
+    copying it into ``net`` at the end (the averaged weights of DDPM, Ho et al. 2020). The effective decay
+    ``min(decay, (1 + step) / (10 + step))`` warms up so that early steps do not dominate."""
+    import lightning.pytorch as pl
+
+    class WeightEMA(pl.Callback):
+        def __init__(self) -> None:
+            self.shadow: list[torch.Tensor] = []
+            self.step = 0
+
+        def on_train_start(self, trainer: Any, pl_module: Any) -> None:
+            self.shadow = [p.detach().clone() for p in net.parameters()]
+            self.step = 0
+
+        @torch.no_grad()
+        def on_train_batch_end(self, trainer: Any, pl_module: Any, *args: Any) -> None:
+            self.step += 1
+            d = min(decay, (1 + self.step) / (10 + self.step))
+            for s, p in zip(self.shadow, net.parameters(), strict=True):
+                s.lerp_(p.detach(), 1.0 - d)
+
+        @torch.no_grad()
+        def on_train_end(self, trainer: Any, pl_module: Any) -> None:
+            for s, p in zip(self.shadow, net.parameters(), strict=True):
+                p.copy_(s)
+
+    return WeightEMA()
 
 
 def _target_values(kind: str, values: np.ndarray) -> list[Any]:
