@@ -131,6 +131,49 @@ def test_tabnet_masks_are_sparse_distributions_and_prior_limits_reuse():
     assert (masks[1:][:, used] < 1e-6).all()
 
 
+def test_tabnet_mask_temperature_keeps_more_genes_and_stays_sparse():
+    torch.manual_seed(0)
+    x = torch.randn(64, 300)
+    kept = {}
+    for tau in (1.0, 8.0):
+        torch.manual_seed(1)  # same weights for both temperatures
+        m = TabNetModule(300, 3, n_d=8, n_a=8, mask_type="entmax", mask_temperature=tau)
+        masks = m.train()(x)["masks"]  # batch statistics: normalised attention scores
+        torch.testing.assert_close(masks.sum(-1), torch.ones_like(masks.sum(-1)))
+        kept[tau] = (masks > 0).sum(-1).float().mean().item()
+    assert kept[8.0] > 3 * kept[1.0]
+    assert kept[8.0] < 300  # still sparse
+    with pytest.raises(ValueError, match="mask_temperature"):
+        TabNetModule(10, 2, mask_temperature=0.0)
+
+
+def test_tabnet_augmentation_smoothing_and_class_weight_act_in_training_only():
+    torch.manual_seed(0)
+    batch = {"X": torch.rand(32, 20), "labels": torch.randint(0, 3, (32, 1))}
+    plain = TabNetModule(20, 3, n_d=8, n_a=8)
+    aug = TabNetModule(20, 3, n_d=8, n_a=8, input_dropout=0.5, label_smoothing=0.2)
+    aug.load_state_dict(plain.state_dict())
+    w = torch.tensor([5.0, 1.0, 1.0])
+    for m in (plain, aug):
+        m.eval()
+    # evaluation: no augmentation, no smoothing, no weights -> identical losses
+    torch.testing.assert_close(plain.loss(batch).loss, aug.loss(batch, class_weight=w).loss)
+    plain.train()
+    aug.train()
+    torch.manual_seed(1)
+    a = aug.loss(batch)
+    torch.manual_seed(1)
+    p = plain.loss(batch)
+    assert not torch.allclose(a.loss, p.loss)
+    torch.manual_seed(1)
+    weighted = plain.loss(batch, class_weight=w)
+    assert not torch.allclose(weighted.loss, p.loss)
+    # the logged cross-entropy is the plain one in every case
+    torch.testing.assert_close(weighted.metrics["cross_entropy"], p.metrics["cross_entropy"])
+    with pytest.raises(ValueError, match="input_dropout"):
+        TabNetModule(10, 2, input_dropout=1.0)
+
+
 def test_score_module_paired_scores_prefer_the_class_of_the_cell():
     torch.manual_seed(0)
     net = ScoreModule(2, 2, n_timesteps=100, n_hidden=32, n_layers=2)
