@@ -111,6 +111,8 @@ def test_history_logs_each_loss_and_head(trained):
         "train_loss_cycle",
         "train_loss_integration",
         "train_loss_target",
+        "train_loss_match",
+        "train_loss_change",
         "train_loss_classifier",
         "train_l2_base",
         "train_l2_cell_type",
@@ -321,6 +323,22 @@ def test_lazy_chunk_directory_reads_real_expression(tmp_path):
     np.testing.assert_allclose(parts["assay"], model.get_contributions(adata)["assay"], rtol=1e-5, atol=1e-6)
 
 
+def _train_tiny(callback, **train_kwargs):
+    """A small model trained 3 epochs (lr 0.01, 2 batches per epoch) with ``callback`` watching."""
+    adata = _data(n_cells=60, n_genes=10)
+    model = sp.models.ContextCycleAE(adata, n_latent=4, n_latent_base=4, n_hidden_ffn=4)
+    model.train(
+        max_epochs=3,
+        lr=1e-2,
+        batch_size=30,
+        logger=None,
+        enable_checkpointing=False,
+        callbacks=[callback],
+        **train_kwargs,
+    )
+    return model
+
+
 def test_cosine_schedule_decays_both_learning_rates():
     from lightning.pytorch.callbacks import Callback
 
@@ -331,19 +349,59 @@ def test_cosine_schedule_decays_both_learning_rates():
         def on_train_epoch_start(self, trainer, pl_module):
             self.lrs.append([o.param_groups[0]["lr"] for o in trainer.optimizers])
 
-    adata = _data(n_cells=60, n_genes=10)
-    model = sp.models.ContextCycleAE(adata, n_latent=4, n_latent_base=4, n_hidden_ffn=4)
     rates = Rates()
-    model.train(
-        max_epochs=3,
-        lr=1e-2,
-        batch_size=30,
-        logger=None,
-        enable_checkpointing=False,
-        callbacks=[rates],
-        plan_kwargs={"lr_schedule": "cosine"},
-    )
+    model = _train_tiny(rates, plan_kwargs={"lr_schedule": "cosine"})
     np.testing.assert_allclose(np.array(rates.lrs)[:, 0], [1e-2, 0.75e-2, 0.25e-2], rtol=1e-6)
     np.testing.assert_allclose(np.array(rates.lrs)[:, 1], [1e-2, 0.75e-2, 0.25e-2], rtol=1e-6)
     with pytest.raises(ValueError, match="lr_schedule"):
         model.train(max_epochs=1, logger=None, plan_kwargs={"lr_schedule": "linear"})
+
+
+def test_change_loss_is_the_mean_squared_change_of_moved_cells():
+    torch.manual_seed(0)
+    m = ContextCycleAEModule(6, [3, 2], n_latent=4)
+    own = [torch.randn(5, 6), torch.randn(5, 6)]
+    tgt = [own[0].clone(), torch.randn(5, 6)]
+    source = torch.tensor([[0, 0], [1, 1], [2, 0], [0, 1], [1, 0]])
+    target = source.clone()
+    assert m.change_loss(own, tgt, source=source, target=target).item() == 0.0  # nobody moved
+    target[:, 1] = 1 - source[:, 1]  # every cell changes field 1; field 0 stays
+    tgt[0] = own[0] + 5.0  # a field-0 change of cells that did not move field 0 does not count
+    expected = ((tgt[1] - own[1]) ** 2).mean()
+    torch.testing.assert_close(m.change_loss(own, tgt, source=source, target=target), expected)
+    target[1, 0] = 2  # cell 1 also moves field 0: the mean over fields of each field's moved cells
+    expected2 = (expected + ((tgt[0][1] - own[0][1]) ** 2).mean()) / 2
+    torch.testing.assert_close(m.change_loss(own, tgt, source=source, target=target), expected2)
+    # in the generator loss with its weight, 0 by default
+    m.eval()  # no classifier dropout: the two calls see the same target loss
+    x = torch.rand(8, 6)
+    src = torch.stack([torch.randint(0, 3, (8,)), torch.randint(0, 2, (8,))], 1)
+    tg = src.clone()
+    tg[:, 1] = 1 - src[:, 1]
+    base, _ = m.cycle_losses(x, src, tg)
+    weighted, _ = m.cycle_losses(x, src, tg, weights={"change": 1e4})
+    assert base.change.item() == 0.0 and weighted.change.item() > 0
+    torch.testing.assert_close(weighted.total, base.total + 1e4 * weighted.change)
+
+
+def test_average_last_keeps_the_mean_of_the_last_epochs_weights():
+    from lightning.pytorch.callbacks import Callback
+
+    class Weights(Callback):
+        def __init__(self):
+            self.states = []
+
+        def on_train_epoch_end(self, trainer, pl_module):
+            self.states.append({k: v.detach().clone() for k, v in pl_module.module.state_dict().items()})
+
+    seen = Weights()
+    model = _train_tiny(seen, average_last=2)
+    state = model.module.state_dict()
+    for k, v in state.items():
+        torch.testing.assert_close(v, (seen.states[1][k] + seen.states[2][k]) / 2)
+        torch.testing.assert_close(model.final_state_[k], seen.states[2][k])
+    assert not torch.equal(state["decoders.0.weight"], seen.states[2]["decoders.0.weight"])
+    assert torch.all(model.module.base_weight >= 0)
+    assert model.train_params_["average_last"] == 2
+    with pytest.raises(ValueError, match="average_last"):
+        model.train(max_epochs=1, logger=None, average_last=-1)

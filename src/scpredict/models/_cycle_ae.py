@@ -7,6 +7,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import lightning.pytorch as pl
 import numpy as np
 import pandas as pd
 import torch
@@ -142,6 +143,8 @@ class ContextCycleAE(BaseModel):
                 raise ValueError(msg)
         self.module = self._build_module()
         self._stream: Any = None
+        self.final_state_: dict[str, torch.Tensor] | None = None  # set by train(average_last=...)
+        self.averaged_state_: dict[str, torch.Tensor] | None = None
 
     @property
     def context_keys(self) -> list[str]:
@@ -168,12 +171,13 @@ class ContextCycleAE(BaseModel):
         prefetch_factor: int = 2,
         logger: str | Sequence[str] | Any | None = ("csv", "tensorboard"),
         plan_kwargs: Mapping[str, Any] | None = None,
+        average_last: int = 0,
         **kwargs: Any,
     ) -> None:
         """Cycle training with Lightning (manual optimisation: generator and classifier optimisers).
 
         Each epoch logs (CSV and TensorBoard, and ``model.history``) ``train_loss`` and the terms
-        ``train_loss_{recon,cycle,integration,target,match,classifier}``, the classifier's accuracy on real cells, and
+        ``train_loss_{recon,cycle,integration,target,match,change,classifier}``, the classifier's accuracy on real cells, and
         the mean L2 norm of each head's contribution, ``train_l2_base``, ``train_l2_<field>`` and
         ``train_l2_<field>=<category>``.
 
@@ -186,8 +190,10 @@ class ContextCycleAE(BaseModel):
         classifier_lr
             Classifier learning rate (default ``lr``).
         loss_weights
-            Weights of ``recon``, ``cycle``, ``integration`` and ``target`` (default 1 each) and ``match``
-            (default 10).
+            Weights of ``recon``, ``cycle``, ``integration`` and ``target`` (default 1 each), ``match``
+            (default 10) and ``change`` (default 0: a ridge penalty on the change each field head makes for a
+            cell moved to another category, which shrinks context shifts learned from few groups; see
+            :meth:`~scpredict.module._cycle_ae.ContextCycleAEModule.change_loss`).
         data
             ``None`` trains on the model's AnnData: in memory, or streamed from disk through the two-level
             chunk loader when it is backed. A chunk directory (:func:`scpredict.data.write_chunks`), an
@@ -202,10 +208,62 @@ class ContextCycleAE(BaseModel):
         plan_kwargs
             Extra arguments of :class:`scpredict.train._cycle_plan.CycleTrainingPlan` (e.g.
             ``{"lr_schedule": "cosine"}``).
+        average_last
+            Stochastic weight averaging (Izmailov et al., UAI 2018): when > 0, the weights kept after training
+            are the mean of the weights at the end of each of the last ``average_last`` epochs of
+            ``max_epochs`` (the non-negative base stays non-negative; fewer when early stopping ends training
+            sooner). The last epoch's own weights stay available as
+            ``model.final_state_`` (a state dict); ``model.averaged_state_`` holds the mean.
         **kwargs
             Passed to :meth:`scpredict.models.BaseModel.train` (``train_size``, ``early_stopping``,
             ``accelerator``, ``devices``, Lightning ``Trainer`` arguments, ...).
         """
+        if average_last < 0:
+            msg = f"average_last must be >= 0; got {average_last}."
+            raise ValueError(msg)
+        self.final_state_ = None
+        self.averaged_state_ = None
+        averager = None
+        if average_last > 0:
+            averager = _WeightAveraging(average_last, max_epochs)
+            kwargs["callbacks"] = [*kwargs.get("callbacks", []), averager]
+        self._train(
+            max_epochs=max_epochs,
+            batch_size=batch_size,
+            lr=lr,
+            classifier_lr=classifier_lr,
+            loss_weights=loss_weights,
+            data=data,
+            chunk_size=chunk_size,
+            num_workers=num_workers,
+            prefetch_factor=prefetch_factor,
+            logger=logger,
+            plan_kwargs=plan_kwargs,
+            **kwargs,
+        )
+        if averager is not None and averager.n_averaged > 0:
+            self.final_state_ = {k: v.detach().clone() for k, v in self.module.state_dict().items()}
+            self.averaged_state_ = averager.mean_state()
+            self.module.load_state_dict(self.averaged_state_)
+            self.module.eval()
+            self.train_params_["average_last"] = int(averager.n_averaged)
+
+    def _train(
+        self,
+        *,
+        max_epochs: int,
+        batch_size: int,
+        lr: float,
+        classifier_lr: float | None,
+        loss_weights: Mapping[str, float] | None,
+        data: Any,
+        chunk_size: int,
+        num_workers: int,
+        prefetch_factor: int,
+        logger: Any,
+        plan_kwargs: Mapping[str, Any] | None,
+        **kwargs: Any,
+    ) -> None:
         from ..data._chunks import ChunkedDataset
 
         if isinstance(logger, (list, tuple)) and "tensorboard" in logger:
@@ -521,6 +579,29 @@ class ContextCycleAE(BaseModel):
             if cats:
                 out["categories"][key] = cats
         return out
+
+
+class _WeightAveraging(pl.Callback):
+    """Lightning callback: running mean of the module's weights at the end of each of the last ``n`` epochs."""
+
+    def __init__(self, n: int, max_epochs: int) -> None:
+        super().__init__()
+        self.n = int(n)
+        self.start = max(0, int(max_epochs) - self.n)
+        self.n_averaged = 0
+        self._sums: dict[str, torch.Tensor] = {}
+
+    def on_train_epoch_end(self, trainer: Any, pl_module: Any) -> None:
+        if trainer.current_epoch < self.start:
+            return
+        state = pl_module.module.state_dict()
+        for k, v in state.items():
+            v = v.detach().to("cpu", torch.float64)
+            self._sums[k] = self._sums[k] + v if k in self._sums else v.clone()
+        self.n_averaged += 1
+
+    def mean_state(self) -> dict[str, torch.Tensor]:
+        return {k: (v / self.n_averaged).float() for k, v in self._sums.items()}
 
 
 class _StreamBatches:

@@ -19,7 +19,7 @@ from ._plan import TrainingPlan
 
 __all__ = ["CycleTrainingPlan", "StreamDataModule"]
 
-_LOSS_NAMES = ("recon", "cycle", "integration", "target", "match")
+_LOSS_NAMES = ("recon", "cycle", "integration", "target", "match", "change")
 
 
 class CycleTrainingPlan(TrainingPlan):
@@ -42,7 +42,9 @@ class CycleTrainingPlan(TrainingPlan):
     loss_weights
         Weights of the generator losses ``recon``, ``cycle``, ``integration``, ``target`` (default 1 each) and
         ``match`` (default 10): the mean of the cells generated for a combination of contexts against the
-        running mean of the real cells of that combination (combinations with no real cell are not matched).
+        running mean of the real cells of that combination (combinations with no real cell are not matched); and
+        ``change`` (default 0): a ridge penalty on the change each field head makes for a moved cell (see
+        :meth:`~scpredict.module._cycle_ae.ContextCycleAEModule.change_loss`).
     log_categories
         Log each category's mean L2 contribution per epoch when a field has at most this many categories.
     lr_schedule
@@ -80,7 +82,9 @@ class CycleTrainingPlan(TrainingPlan):
         if unknown:
             msg = f"loss_weights has unknown names {sorted(unknown)}; allowed: {list(_LOSS_NAMES)}."
             raise ValueError(msg)
-        self.loss_weights = {k: 1.0 for k in _LOSS_NAMES} | {"match": 10.0} | dict(loss_weights or {})
+        self.loss_weights = (
+            {k: 1.0 for k in _LOSS_NAMES} | {"match": 10.0, "change": 0.0} | dict(loss_weights or {})
+        )
         self.log_categories = log_categories
         if lr_schedule not in ("constant", "cosine"):
             msg = f"lr_schedule must be 'constant' or 'cosine'; got {lr_schedule!r}."
