@@ -10,7 +10,7 @@ import pytest
 from tests.helpers import assert_adata_equal
 
 import scpredict as sp
-from scpredict.models._perturbation_base import UnknownPerturbationError
+from scpredict.models._perturbation_base import PERTURBATION_REGISTRY_KEY, UnknownPerturbationError
 
 SMALL = {
     "d_model": 16,
@@ -212,3 +212,75 @@ def test_linear_head_predictions_are_clipped_at_zero(trained):
     ad = adata[:40].copy()
     clipped.predict(ad, key_added="bm")
     assert ad.layers["bm"].min() >= 0 and np.all(ad.layers["bm"][:, :5] == 0)
+
+
+def test_additive_composition_sums_single_condition_vectors(trained):
+    import torch
+
+    _, model = trained
+    singles = sorted(p for p in model.perturbations_ if "+" not in p and p != "control")
+    combo = f"{singles[0]}+{singles[-1]}"
+    assert combo not in model.perturbations_
+    labels = [singles[0], singles[-1], combo]
+    pert = torch.tensor(pd.Index(model.perturbations_).get_indexer(labels), dtype=torch.long)
+    module = model.module.eval()
+    with torch.no_grad():
+        v = module.condition_vector(pert, model._encode_targets(labels))
+        torch.testing.assert_close(v[2], v[0] + v[1])
+        # the pooled encoder is not additive (an MLP of the summed targets)
+        module.composition = "pooled"
+        p = module.condition_vector(pert, model._encode_targets(labels))
+        module.composition = "additive"
+    assert not torch.allclose(p[2], p[0] + p[1], atol=1e-3)
+
+
+def test_ema_weights_are_the_moving_average_of_the_steps():
+    import lightning.pytorch as pl
+    import torch
+
+    sp.settings.seed = 0
+    adata = _gene_labelled(n_cells=120)
+    sp.models.BiMambaPredictor.setup_anndata(adata, perturbation_key="perturbation")
+    model = sp.models.BiMambaPredictor(adata, **SMALL)
+    snaps = []
+
+    class Snap(pl.Callback):
+        def on_train_batch_end(self, trainer, pl_module, *args):
+            snaps.append(pl_module.module.head.weight.detach().clone())
+
+    with pytest.raises(ValueError, match="ema_decay"):
+        model.train(max_epochs=1, ema_decay=1.5)
+    model.train(
+        max_epochs=2,
+        batch_size=32,
+        ema_decay=0.5,
+        validation_indices=np.array([], dtype=int),
+        train_indices=np.arange(adata.n_obs),
+        callbacks=[Snap()],
+        progress_bar="none",
+        logger=None,
+        enable_checkpointing=False,
+    )
+    assert len(snaps) > 3
+    expected = snaps[0]
+    for w in snaps[1:]:
+        expected = 0.5 * expected + 0.5 * w
+    torch.testing.assert_close(model.module.head.weight, expected)
+    assert not torch.allclose(model.module.head.weight, snaps[-1])
+
+
+def test_unseen_combination_rules(trained):
+    _, model = trained
+    singles = sorted(p for p in model.perturbations_ if "+" not in p and p != "control")
+    combo = f"{singles[0]}+{singles[-1]}"
+    labels = [combo, "control", singles[0], singles[-1]]
+    table = pd.DataFrame({PERTURBATION_REGISTRY_KEY: labels})
+    assert model.unseen_combination == "additive"
+    out = model._module_profiles(table)["mean"]
+    # additive rule: Δ(A+B) = Δ(A) + Δ(B), each single predicted by the backbone
+    np.testing.assert_allclose(out[0], out[1] + (out[2] - out[1]) + (out[3] - out[1]), rtol=1e-5, atol=1e-6)
+    joint = model._joint_profiles(table)["mean"]
+    np.testing.assert_allclose(joint[1:], out[1:], rtol=1e-6)  # seen labels are predicted directly
+    assert not np.allclose(joint[0], out[0], atol=1e-4)  # one backbone pass on the composed condition
+    with pytest.raises(ValueError, match="unseen_combination"):
+        sp.models.BiMambaPredictor(model.adata, unseen_combination="bogus", **SMALL)

@@ -81,6 +81,67 @@ class _ConditionBatches:
             yield np.sort(np.concatenate([pieces[j] for j in order[i : i + self.k]]))
 
 
+def _ema_callback(decay: float):
+    """Lightning callback: exponential moving average of the module's floating-point weights (Polyak averaging).
+
+    The average is updated after every optimiser step; validation runs on the averaged weights (swapped in at
+    the start of validation and swapped out at the start of the next training epoch), so early stopping and the
+    best-weights restore see, and keep, the averaged model. Without validation the average is loaded at the end.
+    """
+    import lightning.pytorch as pl
+
+    class EMA(pl.Callback):
+        def __init__(self) -> None:
+            self.decay = float(decay)
+            self.shadow: dict[str, torch.Tensor] | None = None
+            self.raw: dict[str, torch.Tensor] | None = None
+            self.validated = False
+
+        def _params(self, pl_module):
+            return {k: v for k, v in pl_module.module.state_dict().items() if v.is_floating_point()}
+
+        def on_train_batch_end(self, trainer, pl_module, *args) -> None:
+            params = self._params(pl_module)
+            with torch.no_grad():
+                if self.shadow is None:
+                    self.shadow = {k: v.detach().clone() for k, v in params.items()}
+                    return
+                for k, v in params.items():
+                    self.shadow[k].lerp_(v.detach(), 1.0 - self.decay)
+
+        def _swap_in(self, pl_module) -> None:
+            if self.shadow is None or self.raw is not None:
+                return
+            params = self._params(pl_module)
+            with torch.no_grad():
+                self.raw = {k: v.detach().clone() for k, v in params.items()}
+                for k, v in params.items():
+                    v.copy_(self.shadow[k])
+
+        def on_validation_epoch_start(self, trainer, pl_module) -> None:
+            if not trainer.sanity_checking:
+                self._swap_in(pl_module)
+                self.validated = True
+
+        def on_train_epoch_start(self, trainer, pl_module) -> None:
+            if self.raw is None:
+                return
+            params = self._params(pl_module)
+            with torch.no_grad():
+                for k, v in params.items():
+                    v.copy_(self.raw[k])
+            self.raw = None
+
+        def on_train_end(self, trainer, pl_module) -> None:
+            if (
+                not self.validated
+            ):  # otherwise the best-weights callback has restored the best averaged weights
+                self._swap_in(pl_module)
+            self.raw = None
+
+    return EMA()
+
+
 class _TensorDict(torch.utils.data.Dataset):
     def __init__(self, tensors: dict[str, torch.Tensor]) -> None:
         self.tensors = tensors
@@ -101,7 +162,8 @@ class BiMambaPredictor(PerturbationModel):
     features (``varm[pathway_key]`` from :func:`scpredict.pp.pathway_features`, learnt on control cells). The
     condition enters as the ``[COND]`` token and as a modulation of every gene token; it is a learned embedding
     per seen perturbation plus a compositional part built from its targets, so unseen combinations and unseen
-    targets that are genes of the model can be predicted. BiMamba blocks (forward and reverse selective scans,
+    targets that are genes of the model can be predicted (an unseen combination, by default, as the sum of the
+    changes the backbone predicts for each of its targets; see ``unseen_combination``). BiMamba blocks (forward and reverse selective scans,
     linear in ``G``; fused ``mamba_ssm`` kernels on CUDA) mix the sequence, and a per-gene head reads it out.
     A batch runs the backbone once per unique condition and scores all of that condition's cells against it.
 
@@ -130,6 +192,20 @@ class BiMambaPredictor(PerturbationModel):
         Dropout in the backbone.
     condition_dropout
         Probability of hiding the learned perturbation embedding in training (trains the compositional part).
+    composition
+        ``"additive"`` (default): a combination's condition vector is the sum of its targets' vectors (each
+        target: learned target embedding + MLP of its gene identity and pathway features), plus a learned
+        interaction embedding for combinations seen in training, so an unseen combination starts at the sum of
+        its singles (the compositional prior of GEARS, Roohani et al. 2024). ``"pooled"``: an MLP of the summed
+        targets plus a learned embedding per seen label.
+    unseen_combination
+        How a combination not seen in training is predicted. ``"additive"`` (default): the backbone predicts
+        the control and each target as a one-target condition, and the combination's change from control is the
+        sum of its targets' predicted changes (on the log scale of the head), the additive structural prior of
+        combinatorial-perturbation models (GEARS, Roohani et al., Nat. Biotechnol. 2024; Norman et al., Science
+        2019); combinations seen in training keep their own learned interaction. ``"joint"``: the backbone reads
+        the combination's composed condition vector once (its non-additive extrapolation; on Norman 2019 it
+        varied with the seed far more than the additive rule).
 
     Examples
     --------
@@ -211,8 +287,13 @@ class BiMambaPredictor(PerturbationModel):
         d_state: int = 16,
         dropout_rate: float = 0.0,
         condition_dropout: float = 0.3,
+        composition: Literal["additive", "pooled"] = "additive",
+        unseen_combination: Literal["additive", "joint"] = "additive",
         **backbone_kwargs: Any,
     ) -> None:
+        if unseen_combination not in ("additive", "joint"):
+            msg = f"unseen_combination must be 'additive' or 'joint', got {unseen_combination!r}."
+            raise ValueError(msg)
         if head not in ("linear", "probabilistic"):
             msg = f"head must be 'linear' or 'probabilistic', got {head!r}."
             raise ValueError(msg)
@@ -231,6 +312,8 @@ class BiMambaPredictor(PerturbationModel):
             d_state=d_state,
             dropout_rate=dropout_rate,
             condition_dropout=condition_dropout,
+            composition=composition,
+            unseen_combination=unseen_combination,
             **backbone_kwargs,
         )
         target = self._training_target(adata)  # checks the head's input scale
@@ -374,6 +457,7 @@ class BiMambaPredictor(PerturbationModel):
                 "d_state",
                 "dropout_rate",
                 "condition_dropout",
+                "composition",
                 "n_heads",
             )
             if k in p
@@ -428,6 +512,7 @@ class BiMambaPredictor(PerturbationModel):
         lr: float = 3e-3,
         per_cell: bool = False,
         early_stopping_monitor: str = "validation_loss",
+        ema_decay: float | None = None,
         plan_kwargs: dict | None = None,
         **kwargs: Any,
     ) -> None:
@@ -443,6 +528,9 @@ class BiMambaPredictor(PerturbationModel):
             Run the backbone once per cell (slow; for timing comparisons only).
         early_stopping_monitor
             Metric for early stopping and best-weights restore (e.g. ``"validation_r2"``).
+        ema_decay
+            Keep an exponential moving average of the weights (decay per step, e.g. ``0.98``); validation, early
+            stopping and the restored best weights use the average. ``None``: no averaging.
         plan_kwargs
             Extra training-plan arguments.
         **kwargs
@@ -451,6 +539,11 @@ class BiMambaPredictor(PerturbationModel):
         self._conditions_per_batch = conditions_per_batch
         plan = dict(plan_kwargs or {})
         plan["loss_kwargs"] = {**plan.get("loss_kwargs", {}), "per_cell": per_cell}
+        if ema_decay is not None:
+            if not 0.0 <= ema_decay < 1.0:
+                msg = f"ema_decay must be in [0, 1), got {ema_decay!r}."
+                raise ValueError(msg)
+            kwargs["callbacks"] = [*kwargs.get("callbacks", []), _ema_callback(ema_decay)]
         super().train(
             max_epochs=max_epochs,
             batch_size=batch_size,
@@ -478,8 +571,44 @@ class BiMambaPredictor(PerturbationModel):
             "cells of it (or add the gene to the model)."
         )
 
-    @torch.no_grad()
     def _module_profiles(self, conditions: pd.DataFrame) -> dict[str, np.ndarray]:
+        """Raw module outputs per condition row; unseen combinations composed as the rule says."""
+        labels = conditions[PERTURBATION_REGISTRY_KEY].astype(str).tolist()
+        seen = set(self.perturbations_)
+        composed = [
+            i
+            for i, p in enumerate(labels)
+            if p not in seen and len(self.targets(p)) >= 2 and self.unseen_combination == "additive"
+        ]
+        if not composed:
+            return self._joint_profiles(conditions)
+        # Δ(A+B) = Δ(A) + Δ(B): each target's profile as a one-target condition (same covariates), minus control
+        parts = [conditions.reset_index(drop=True)]
+        for i in composed:
+            row = conditions.iloc[[i]]
+            for label in [self.control, *self.targets(labels[i])]:
+                parts.append(row.assign(**{PERTURBATION_REGISTRY_KEY: label}))
+        table = pd.concat(parts, ignore_index=True)
+        keys = pd.MultiIndex.from_frame(table.astype(str))
+        uniq = table.loc[~keys.duplicated()].reset_index(drop=True)
+        rows = pd.MultiIndex.from_frame(uniq.astype(str)).get_indexer(keys)
+        out = {k: v[rows] for k, v in self._joint_profiles(uniq).items()}
+        start = len(conditions)
+        for i in composed:
+            k = len(self.targets(labels[i]))
+            for v in out.values():
+                ctrl, singles = v[start], v[start + 1 : start + 1 + k]
+                v[i] = ctrl + (singles - ctrl).sum(0)
+            start += 1 + k
+        return {name: v[: len(conditions)] for name, v in out.items()}
+
+    @property
+    def unseen_combination(self) -> str:
+        """How unseen combinations are predicted: ``"additive"`` or ``"joint"``."""
+        return self.init_params_.get("unseen_combination", "joint")
+
+    @torch.no_grad()
+    def _joint_profiles(self, conditions: pd.DataFrame) -> dict[str, np.ndarray]:
         labels = conditions[PERTURBATION_REGISTRY_KEY].astype(str).tolist()
         pert = torch.tensor(pd.Index(self.perturbations_).get_indexer(labels), dtype=torch.long)
         targets = self._encode_targets(labels)
