@@ -11,7 +11,13 @@ import scpredict as sp
 from helpers import assert_adata_equal
 from scpredict.metrics import classification_report
 from scpredict.module._score import ScoreModule
-from scpredict.module._tabnet import GhostBatchNorm, TabNetModule, entmax15, sparsemax
+from scpredict.module._tabnet import (
+    GhostBatchNorm,
+    TabNetModule,
+    TabNetPretrainer,
+    entmax15,
+    sparsemax,
+)
 from scpredict.pp import InputScaleError
 
 N_TRAIN = 300
@@ -350,6 +356,80 @@ def test_tabnet_embedding_and_feature_importance(trained, data):
     # marker genes of the types get more importance than the other genes
     markers = (data[1].var["marker_of"] != "none").to_numpy()
     assert imp[:, markers].mean() > imp[:, ~markers].mean()
+
+
+def test_tabnet_pretrainer_hides_features_and_learns_to_reconstruct():
+    torch.manual_seed(0)
+    # 12 features driven by 2 latent factors: hidden features are predictable from the visible ones
+    z = torch.randn(256, 2)
+    x = z @ torch.randn(2, 12) + 0.05 * torch.randn(256, 12)
+    enc = TabNetModule(12, 2, n_d=8, n_a=8, n_steps=2, mask_type="entmax")
+    hidden = torch.zeros(256, 12)
+    hidden[:, :3] = 1.0
+    enc.eval()
+    with torch.no_grad():  # the hidden values cannot reach the encoder's output
+        out = enc.encode(x, obfuscation=hidden)
+        x2 = x.clone()
+        x2[:, :3] = 100.0
+        out2 = enc.encode(x2, obfuscation=hidden)
+    torch.testing.assert_close(out["embedding"], out2["embedding"])
+    assert out["steps"].shape == (2, 256, 8)
+    assert not torch.equal(out2["embedding"], enc.encode(x2)["embedding"])  # unlike without hiding
+    pre = TabNetPretrainer(enc, x.mean(0), x.var(0), pretraining_ratio=0.3)
+    gen = lambda: torch.Generator().manual_seed(1)  # noqa: E731 - the same masks before and after
+    pre.eval()
+    with torch.no_grad():
+        before = float(pre.loss(x, generator=gen()))
+    opt = torch.optim.Adam(pre.parameters(), lr=1e-2)
+    pre.train()
+    for _ in range(150):
+        loss = pre.loss(x)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    pre.eval()
+    with torch.no_grad():
+        after = float(pre.loss(x, generator=gen()))
+    assert before > 0.8 and after < 0.5 * before
+    with pytest.raises(ValueError, match="pretraining_ratio"):
+        TabNetPretrainer(enc, x.mean(0), x.var(0), pretraining_ratio=1.0)
+
+
+def test_tabnet_pretrain_then_fine_tune(data):
+    train = data[0].copy()
+    sp.models.TabNetClassifier.setup_anndata(train, labels_key="cell_type")
+    model = sp.models.TabNetClassifier(train, **MODELS["TabNetClassifier"][0])
+    head = model.module.head.weight.detach().clone()
+    first = model.module.shared[0].weight.detach().clone()
+    hist = model.pretrain(
+        max_epochs=15,
+        batch_size=50,
+        lr=2e-2,
+        indices=np.arange(200),
+        validation_indices=np.arange(200, 300),
+    )
+    assert list(hist.columns) == ["train_reconstruction", "validation_reconstruction"]
+    val = hist["validation_reconstruction"]
+    assert val.min() < 0.9 * val.iloc[0]  # reconstruction of held-out cells improved
+    assert not torch.equal(model.module.shared[0].weight, first)  # the encoder changed
+    assert torch.equal(model.module.head.weight, head)  # the head is not touched by pretraining
+    lrs = []
+
+    from lightning.pytorch.callbacks import Callback
+
+    class Record(Callback):
+        def on_train_epoch_start(self, trainer, pl_module):
+            lrs.append(trainer.optimizers[0].param_groups[0]["lr"])
+
+    kw = {**MODELS["TabNetClassifier"][1], "lr_decay": 0.5, "callbacks": [Record()]}
+    model.train(**kw)
+    assert lrs[:3] == pytest.approx([2e-2, 1e-2, 5e-3])
+    query = data[1].copy()
+    model.predict(query, key_added="pred")  # the fine-tuned model still separates the types
+    acc = np.mean(query.obs["pred"].astype(str).to_numpy() == query.obs["cell_type"].astype(str).to_numpy())
+    assert acc > 0.9, f"pretrained + fine-tuned TabNet: held-out accuracy {acc:.2f}"
+    with pytest.raises(ValueError, match="lr_decay"):
+        model.train(lr_decay=0.0)
 
 
 def test_score_classifier_with_internal_encoder_roundtrip(data, tmp_path):

@@ -2,17 +2,40 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
+import pandas as pd
 import torch
 from anndata import AnnData
 
-from ..module._tabnet import TabNetModule
+from ..module._tabnet import TabNetModule, TabNetPretrainer
 from ._base import BaseModel
 from ._classifier import ClassifierMixin, InputScale, setup_classifier
 
 __all__ = ["TabNetClassifier"]
+
+
+def _epoch_lr_decay_class():
+    from lightning.pytorch.callbacks import Callback
+
+    class EpochLRDecay(Callback):
+        """Multiply every optimiser's learning rate by ``factor`` at the end of each training epoch."""
+
+        def __init__(self, factor: float) -> None:
+            self.factor = float(factor)
+
+        def on_train_epoch_end(self, trainer: Any, pl_module: Any) -> None:  # noqa: D102
+            for opt in trainer.optimizers:
+                for group in opt.param_groups:
+                    group["lr"] *= self.factor
+
+    return EpochLRDecay
+
+
+def _EpochLRDecay(factor: float) -> Any:  # noqa: N802 - a factory standing in for the class
+    return _epoch_lr_decay_class()(factor)
 
 
 class TabNetClassifier(ClassifierMixin, BaseModel):
@@ -22,7 +45,9 @@ class TabNetClassifier(ClassifierMixin, BaseModel):
     default) computed by an attentive transformer, a feature transformer of GLU blocks (shared +
     step-specific, ghost batch norm) turns the masked expression into a decision output, and the summed
     decision outputs form the cell embedding (:meth:`get_embedding`) fed to a linear softmax head. Input:
-    10⁴-normalised log1p expression (from counts when ``scale="counts"``).
+    10⁴-normalised log1p expression (from counts when ``scale="counts"``). Optionally, :meth:`pretrain`
+    first trains the encoder without labels to reconstruct randomly hidden genes (TabNet's self-supervised
+    task); :meth:`train` then fine-tunes it with the head.
 
     Parameters
     ----------
@@ -158,6 +183,7 @@ class TabNetClassifier(ClassifierMixin, BaseModel):
         early_stopping_patience: int = 20,
         early_stopping_monitor: str = "validation_accuracy",
         class_weight: str | None = None,
+        lr_decay: float | None = None,
         **kwargs: Any,
     ) -> None:
         """Train with Lightning (see :meth:`BaseModel.train` for every other argument).
@@ -185,6 +211,9 @@ class TabNetClassifier(ClassifierMixin, BaseModel):
             ``None`` (plain cross-entropy) or ``"balanced"``: each class weighted by ``n / (k · n_c)`` over the
             training cells (``k`` classes, ``n_c`` cells of class ``c``), so that rare cell types weigh as much
             as common ones in the loss.
+        lr_decay
+            ``None`` (constant learning rate) or a factor in (0, 1] multiplying the learning rate after every
+            epoch (a step schedule with step 1, as scTab trains its TabNet: lr 0.005, factor 0.9 per epoch).
         **kwargs
             Passed to :meth:`BaseModel.train` (``train_size``, ``train_indices``, ``accelerator``, ...).
         """
@@ -203,6 +232,11 @@ class TabNetClassifier(ClassifierMixin, BaseModel):
                 "class_weight": torch.as_tensor(w, dtype=torch.float32),
             }
             kwargs["plan_kwargs"] = plan
+        if lr_decay is not None:
+            if not 0.0 < lr_decay <= 1.0:
+                msg = f"lr_decay must be in (0, 1], got {lr_decay}."
+                raise ValueError(msg)
+            kwargs["callbacks"] = [*kwargs.get("callbacks", []), _EpochLRDecay(lr_decay)]
         super().train(
             max_epochs=max_epochs,
             batch_size=batch_size,
@@ -212,6 +246,134 @@ class TabNetClassifier(ClassifierMixin, BaseModel):
             early_stopping_monitor=early_stopping_monitor,
             **kwargs,
         )
+
+    def pretrain(
+        self,
+        *,
+        max_epochs: int = 50,
+        batch_size: int = 128,
+        lr: float = 1e-2,
+        weight_decay: float = 0.0,
+        pretraining_ratio: float = 0.2,
+        indices: Sequence[int] | None = None,
+        validation_indices: Sequence[int] | None = None,
+        early_stopping_patience: int = 10,
+        n_shared_decoder: int = 1,
+        n_independent_decoder: int = 1,
+    ) -> pd.DataFrame:
+        """Self-supervised pretraining of the encoder (Arik & Pfister 2021, §"Self-supervised learning").
+
+        Each gene of each cell is hidden with probability ``pretraining_ratio``; the encoder reads the
+        visible genes (its mask prior excludes the hidden ones) and a TabNet decoder (one feature transformer
+        per decision step + a linear layer) reconstructs the hidden ones; the loss is their squared error,
+        each gene standardised by its mean and standard deviation over the pretraining cells (the paper's
+        normalised loss; 1 = no better than predicting the mean). No labels
+        are used. The decoder is discarded afterwards; call :meth:`train` next to fine-tune the pretrained
+        encoder together with the classification head.
+
+        Parameters
+        ----------
+        max_epochs
+            Maximum number of passes over the pretraining cells.
+        batch_size
+            Cells per batch.
+        lr, weight_decay
+            AdamW learning rate and decoupled weight decay.
+        pretraining_ratio
+            Probability of hiding each gene.
+        indices
+            Integer positions of the pretraining cells in the registered AnnData (default: all). Pass the
+            training cells only when the others are used for validation or testing.
+        validation_indices
+            Cells whose reconstruction loss (fixed random masks) selects the best epoch and stops early.
+        early_stopping_patience
+            Epochs without improvement of the validation reconstruction loss before stopping.
+        n_shared_decoder, n_independent_decoder
+            GLU blocks of the decoder's feature transformers.
+
+        Returns
+        -------
+        Per-epoch ``train_reconstruction`` (mean over batches, training mode) and, with
+        ``validation_indices``, ``validation_reconstruction`` (row 0: before any update; the encoder of the
+        best row is kept) — also stored in ``pretrain_history_``.
+        """
+        import copy
+
+        self._seed_everything()
+        module = self.module
+        was_training = module.training
+        device = self.device
+        prepared = self._prepare(self.adata, keys=["X"])
+        idx = np.arange(prepared.n_obs) if indices is None else np.asarray(indices, dtype=np.int64)
+        # per-gene variance of the transformed input over the pretraining cells (the loss normaliser)
+        n, s1, s2 = 0, 0.0, 0.0
+        for b in self._dataloader(prepared, idx, batch_size=1024):
+            t = module._transform(b["X"].to(device).float()).double()
+            n, s1, s2 = n + t.shape[0], s1 + t.sum(0), s2 + (t**2).sum(0)
+        mean = (s1 / n).float()
+        var = (s2 / n - (s1 / n) ** 2).clamp_min(0.0).float()
+        vbs = module.feature_transformers[0].blocks[0].bn.virtual_batch_size
+        pre = TabNetPretrainer(
+            module,
+            mean,
+            var,
+            pretraining_ratio=pretraining_ratio,
+            n_shared=n_shared_decoder,
+            n_independent=n_independent_decoder,
+            virtual_batch_size=vbs,
+        ).to(device)
+        opt = torch.optim.AdamW(pre.parameters(), lr=lr, weight_decay=weight_decay)
+        val_idx = None if validation_indices is None else np.asarray(validation_indices, dtype=np.int64)
+        rows: list[dict[str, float]] = []
+        best, best_state, bad = np.inf, None, 0
+        if val_idx is not None:  # epoch 0: the untrained encoder and decoder
+            best = self._reconstruction_loss(pre, prepared, val_idx)
+            best_state = copy.deepcopy(module.state_dict())
+            rows.append({"epoch": 0, "train_reconstruction": np.nan, "validation_reconstruction": best})
+        for epoch in range(1, int(max_epochs) + 1):
+            pre.train()
+            losses = []
+            for b in self._dataloader(prepared, idx, batch_size=batch_size, shuffle=True):
+                x = b["X"].to(device).float()
+                if x.shape[0] < 2:
+                    continue
+                loss = pre.loss(x)
+                opt.zero_grad()
+                loss.backward()
+                opt.step()
+                losses.append(float(loss.detach()))
+            row = {"epoch": epoch, "train_reconstruction": float(np.mean(losses))}
+            if val_idx is not None:
+                row["validation_reconstruction"] = self._reconstruction_loss(pre, prepared, val_idx)
+                if row["validation_reconstruction"] < best:
+                    best, bad = row["validation_reconstruction"], 0
+                    best_state = copy.deepcopy(module.state_dict())
+                else:
+                    bad += 1
+            rows.append(row)
+            if val_idx is not None and bad >= early_stopping_patience:
+                break
+        if best_state is not None:
+            module.load_state_dict(best_state)
+        module.train(was_training)
+        self.pretrain_history_ = pd.DataFrame(rows).set_index("epoch")
+        return self.pretrain_history_
+
+    @torch.no_grad()
+    def _reconstruction_loss(self, pre: TabNetPretrainer, prepared: Any, idx: np.ndarray) -> float:
+        """Mean reconstruction loss over ``idx`` in evaluation mode with fixed random masks."""
+        was = pre.training
+        pre.eval()
+        gen = torch.Generator(device=self.device).manual_seed(0)
+        total, n = 0.0, 0
+        try:
+            for b in self._dataloader(prepared, idx, batch_size=1024):
+                x = b["X"].to(self.device).float()
+                total += float(pre.loss(x, generator=gen)) * x.shape[0]
+                n += x.shape[0]
+        finally:
+            pre.train(was)
+        return total / max(n, 1)
 
     def _probabilities(self, prepared: Any, *, batch_size: int) -> np.ndarray:
         return self._module_outputs(

@@ -35,6 +35,8 @@ __all__ = [
     "FeatureTransformer",
     "AttentiveTransformer",
     "TabNetModule",
+    "TabNetDecoder",
+    "TabNetPretrainer",
     "sparsemax",
     "entmax15",
 ]
@@ -395,24 +397,34 @@ class TabNetModule(nn.Module):
         self.dropout = nn.Dropout(dropout_rate)
         self.head = nn.Linear(self.n_d, self.n_classes)
 
-    def encode(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+    def encode(self, x: torch.Tensor, *, obfuscation: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
         """Run the decision steps.
 
         Parameters
         ----------
         x
             ``(n_cells, n_input)`` input.
+        obfuscation
+            Optional binary ``(n_cells, n_input)`` matrix ``S`` of the self-supervised task (Arik & Pfister
+            2021, §"Self-supervised learning"): the features with ``S = 1`` are hidden — the encoder reads
+            ``(1 − S) · x`` and the mask prior starts at ``1 − S``, so no step attends to a hidden feature.
 
         Returns
         -------
         ``{"embedding": (n_cells, n_d) sum of ReLU decision outputs, "masks": (n_steps, n_cells, n_input),
-        "sparsity_loss": scalar mean entropy of the masks}``.
+        "sparsity_loss": scalar mean entropy of the masks, "steps": (n_steps, n_cells, n_d) the ReLU decision
+        output of each step, "target": (n_cells, n_input) the transformed input before batch norm}``.
         """
-        x = self.input_bn(self._transform(x))
+        target = self._transform(x)
+        x = self.input_bn(target)
         prior = torch.ones_like(x)
+        if obfuscation is not None:
+            keep = 1.0 - obfuscation.to(x.dtype)
+            x = x * keep
+            prior = keep
         a = self.feature_transformers[0](x)[:, self.n_d :]
         embedding = x.new_zeros(x.shape[0], self.n_d)
-        masks = []
+        masks, steps = [], []
         entropy = x.new_zeros(())
         for step in range(self.n_steps):
             mask = self.attentive_transformers[step](a, prior)
@@ -420,9 +432,17 @@ class TabNetModule(nn.Module):
             entropy = entropy + (-mask * torch.log(mask + self.mask_eps)).sum(dim=-1).mean()
             prior = prior * (self.gamma - mask)
             h = self.feature_transformers[step + 1](mask * x)
-            embedding = embedding + F.relu(h[:, : self.n_d])
+            d = F.relu(h[:, : self.n_d])
+            steps.append(d)
+            embedding = embedding + d
             a = h[:, self.n_d :]
-        return {"embedding": embedding, "masks": torch.stack(masks), "sparsity_loss": entropy / self.n_steps}
+        return {
+            "embedding": embedding,
+            "masks": torch.stack(masks),
+            "sparsity_loss": entropy / self.n_steps,
+            "steps": torch.stack(steps),
+            "target": target,
+        }
 
     def _transform(self, x: torch.Tensor) -> torch.Tensor:
         if self.log_normalize_input:
@@ -476,3 +496,129 @@ class TabNetModule(nn.Module):
             agg = agg + mask * F.relu(h[:, : self.n_d]).sum(dim=-1, keepdim=True)
             a = h[:, self.n_d :]
         return agg / agg.sum(dim=-1, keepdim=True).clamp_min(1e-12)
+
+
+class TabNetDecoder(nn.Module):
+    """TabNet decoder of the self-supervised task (Arik & Pfister 2021, Fig. 2): one feature transformer
+    per decision step on that step's decision output, summed, then a linear map to the features.
+
+    Parameters
+    ----------
+    n_d
+        Decision width of the encoder.
+    n_output
+        Number of reconstructed features (genes).
+    n_steps
+        Decision steps of the encoder.
+    n_shared, n_independent
+        Shared and step-specific GLU blocks of each decoder feature transformer.
+    virtual_batch_size, momentum
+        Ghost batch norm settings.
+    """
+
+    def __init__(
+        self,
+        n_d: int,
+        n_output: int,
+        *,
+        n_steps: int,
+        n_shared: int = 1,
+        n_independent: int = 1,
+        virtual_batch_size: int = 256,
+        momentum: float = 0.1,
+    ) -> None:
+        super().__init__()
+        kw = {"virtual_batch_size": virtual_batch_size, "momentum": momentum}
+        self.shared = nn.ModuleList([nn.Linear(n_d, 2 * n_d, bias=False) for _ in range(n_shared)])
+        self.transformers = nn.ModuleList(
+            [
+                FeatureTransformer(n_d, n_d, shared=self.shared, n_independent=n_independent, **kw)
+                for _ in range(n_steps)
+            ]
+        )
+        self.out = nn.Linear(n_d, n_output, bias=False)
+
+    def forward(self, steps: torch.Tensor) -> torch.Tensor:
+        """Reconstruct ``(n_cells, n_output)`` features from the ``(n_steps, n_cells, n_d)`` step outputs."""
+        h = sum(t(d) for t, d in zip(self.transformers, steps, strict=True))
+        return self.out(h)
+
+
+class TabNetPretrainer(nn.Module):
+    """Self-supervised pretraining of a :class:`TabNetModule` encoder (Arik & Pfister 2021, §"Self-supervised
+    learning").
+
+    Each batch draws a binary obfuscation matrix ``S`` (each feature of each cell hidden with probability
+    ``pretraining_ratio``); the encoder reads the visible features, :class:`TabNetDecoder` reconstructs all of
+    them, and the loss is the squared reconstruction error of the hidden ones, each feature standardised by
+    its mean and standard deviation over the pretraining cells, averaged over the hidden features of a cell:
+    ``Σ_j S_j (f̂_j − (f_j − μ_j) / σ_j)² / Σ_j S_j`` (the paper's normalised loss; predicting the mean
+    scores 1). The encoder's classification head is not used.
+
+    Parameters
+    ----------
+    encoder
+        The TabNet whose encoder is pretrained (its parameters are shared, not copied).
+    feature_mean, feature_var
+        ``(n_input,)`` means and variances of the transformed features over the pretraining cells (zero
+        variances become 1).
+    pretraining_ratio
+        Probability of hiding each feature.
+    n_shared, n_independent
+        GLU blocks of the decoder's feature transformers.
+    """
+
+    def __init__(
+        self,
+        encoder: TabNetModule,
+        feature_mean: torch.Tensor,
+        feature_var: torch.Tensor,
+        *,
+        pretraining_ratio: float = 0.2,
+        n_shared: int = 1,
+        n_independent: int = 1,
+        virtual_batch_size: int = 256,
+        momentum: float = 0.1,
+    ) -> None:
+        super().__init__()
+        if not 0.0 < pretraining_ratio < 1.0:
+            msg = f"pretraining_ratio must be in (0, 1), got {pretraining_ratio}."
+            raise ValueError(msg)
+        self.encoder = encoder
+        self.pretraining_ratio = float(pretraining_ratio)
+        self.decoder = TabNetDecoder(
+            encoder.n_d,
+            encoder.n_input,
+            n_steps=encoder.n_steps,
+            n_shared=n_shared,
+            n_independent=n_independent,
+            virtual_batch_size=virtual_batch_size,
+            momentum=momentum,
+        )
+        var = torch.as_tensor(feature_var, dtype=torch.float32).clone()
+        var[var <= 0] = 1.0
+        self.register_buffer("feature_mean", torch.as_tensor(feature_mean, dtype=torch.float32).clone())
+        self.register_buffer("feature_sd", var.sqrt())
+
+    def loss(self, x: torch.Tensor, *, generator: torch.Generator | None = None) -> torch.Tensor:
+        """Normalised reconstruction loss of the hidden features (a fresh ``S`` per call).
+
+        Parameters
+        ----------
+        x
+            ``(n_cells, n_input)`` input, on the encoder's input scale.
+        generator
+            Random generator of ``S`` (for a reproducible evaluation).
+
+        Returns
+        -------
+        Scalar loss.
+        """
+        u = torch.rand(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+        s = (u < self.pretraining_ratio).to(x.dtype)
+        out = self.encoder.encode(x, obfuscation=s)
+        rec = self.decoder(out["steps"])
+        z = (out["target"].detach() - self.feature_mean) / self.feature_sd
+        err = ((rec - z) * s) ** 2
+        per_cell = err.sum(dim=-1) / s.sum(dim=-1).clamp_min(1.0)
+        return per_cell.mean() + self.encoder.lambda_sparse * out["sparsity_loss"]
