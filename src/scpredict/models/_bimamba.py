@@ -81,67 +81,6 @@ class _ConditionBatches:
             yield np.sort(np.concatenate([pieces[j] for j in order[i : i + self.k]]))
 
 
-def _ema_callback(decay: float):
-    """Lightning callback: exponential moving average of the module's floating-point weights (Polyak averaging).
-
-    The average is updated after every optimiser step; validation runs on the averaged weights (swapped in at
-    the start of validation and swapped out at the start of the next training epoch), so early stopping and the
-    best-weights restore see, and keep, the averaged model. Without validation the average is loaded at the end.
-    """
-    import lightning.pytorch as pl
-
-    class EMA(pl.Callback):
-        def __init__(self) -> None:
-            self.decay = float(decay)
-            self.shadow: dict[str, torch.Tensor] | None = None
-            self.raw: dict[str, torch.Tensor] | None = None
-            self.validated = False
-
-        def _params(self, pl_module):
-            return {k: v for k, v in pl_module.module.state_dict().items() if v.is_floating_point()}
-
-        def on_train_batch_end(self, trainer, pl_module, *args) -> None:
-            params = self._params(pl_module)
-            with torch.no_grad():
-                if self.shadow is None:
-                    self.shadow = {k: v.detach().clone() for k, v in params.items()}
-                    return
-                for k, v in params.items():
-                    self.shadow[k].lerp_(v.detach(), 1.0 - self.decay)
-
-        def _swap_in(self, pl_module) -> None:
-            if self.shadow is None or self.raw is not None:
-                return
-            params = self._params(pl_module)
-            with torch.no_grad():
-                self.raw = {k: v.detach().clone() for k, v in params.items()}
-                for k, v in params.items():
-                    v.copy_(self.shadow[k])
-
-        def on_validation_epoch_start(self, trainer, pl_module) -> None:
-            if not trainer.sanity_checking:
-                self._swap_in(pl_module)
-                self.validated = True
-
-        def on_train_epoch_start(self, trainer, pl_module) -> None:
-            if self.raw is None:
-                return
-            params = self._params(pl_module)
-            with torch.no_grad():
-                for k, v in params.items():
-                    v.copy_(self.raw[k])
-            self.raw = None
-
-        def on_train_end(self, trainer, pl_module) -> None:
-            if (
-                not self.validated
-            ):  # otherwise the best-weights callback has restored the best averaged weights
-                self._swap_in(pl_module)
-            self.raw = None
-
-    return EMA()
-
-
 class _TensorDict(torch.utils.data.Dataset):
     def __init__(self, tensors: dict[str, torch.Tensor]) -> None:
         self.tensors = tensors
@@ -540,10 +479,9 @@ class BiMambaPredictor(PerturbationModel):
         plan = dict(plan_kwargs or {})
         plan["loss_kwargs"] = {**plan.get("loss_kwargs", {}), "per_cell": per_cell}
         if ema_decay is not None:
-            if not 0.0 <= ema_decay < 1.0:
-                msg = f"ema_decay must be in [0, 1), got {ema_decay!r}."
-                raise ValueError(msg)
-            kwargs["callbacks"] = [*kwargs.get("callbacks", []), _ema_callback(ema_decay)]
+            from scpredict.train import WeightEMA
+
+            kwargs["callbacks"] = [*kwargs.get("callbacks", []), WeightEMA(ema_decay)]
         super().train(
             max_epochs=max_epochs,
             batch_size=batch_size,

@@ -280,7 +280,13 @@ class ScoreDiffusion(PerturbationModel):
         if ema_decay is not None:
             if not 0.0 < ema_decay < 1.0:
                 raise ValueError(f"ema_decay must be in (0, 1), got {ema_decay}.")
-            kwargs["callbacks"] = [*kwargs.get("callbacks", []), _weight_ema(m.net, ema_decay)]
+            from scpredict.train import WeightEMA
+
+            net = m.net
+            ema = WeightEMA(
+                ema_decay, tensors=lambda _: list(net.parameters()), warmup=True, swap_for_validation=False
+            )
+            kwargs["callbacks"] = [*kwargs.get("callbacks", []), ema]
         super().train(
             max_epochs=max_epochs, batch_size=batch_size, lr=lr, early_stopping=early_stopping, **kwargs
         )
@@ -789,36 +795,6 @@ class ScoreDiffusion(PerturbationModel):
             return ((x - mu) / sd * values).mean(1)
         gap = ((mu - values) ** 2).sum()
         return 1.0 - ((x - values) ** 2).sum(1) / max(gap, 1e-12)
-
-
-def _weight_ema(net: torch.nn.Module, decay: float):
-    """Lightning callback keeping an exponential moving average of ``net``'s parameters during training and
-    copying it into ``net`` at the end (the averaged weights of DDPM, Ho et al. 2020). The effective decay
-    ``min(decay, (1 + step) / (10 + step))`` warms up so that early steps do not dominate."""
-    import lightning.pytorch as pl
-
-    class WeightEMA(pl.Callback):
-        def __init__(self) -> None:
-            self.shadow: list[torch.Tensor] = []
-            self.step = 0
-
-        def on_train_start(self, trainer: Any, pl_module: Any) -> None:
-            self.shadow = [p.detach().clone() for p in net.parameters()]
-            self.step = 0
-
-        @torch.no_grad()
-        def on_train_batch_end(self, trainer: Any, pl_module: Any, *args: Any) -> None:
-            self.step += 1
-            d = min(decay, (1 + self.step) / (10 + self.step))
-            for s, p in zip(self.shadow, net.parameters(), strict=True):
-                s.lerp_(p.detach(), 1.0 - d)
-
-        @torch.no_grad()
-        def on_train_end(self, trainer: Any, pl_module: Any) -> None:
-            for s, p in zip(self.shadow, net.parameters(), strict=True):
-                p.copy_(s)
-
-    return WeightEMA()
 
 
 def _target_values(kind: str, values: np.ndarray) -> list[Any]:

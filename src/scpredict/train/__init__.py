@@ -1,6 +1,6 @@
 """Lightning training plumbing shared by the models (imports torch and lightning)."""
 
-from ._callbacks import BestWeights, EpochProgressBar, HistoryCallback
+from ._callbacks import BestWeights, EpochProgressBar, HistoryCallback, WeightEMA
 from ._data import IndexDataModule, split_indices
 from ._plan import LossOutput, TrainingPlan
 
@@ -12,4 +12,5 @@ __all__ = [
     "LossOutput",
     "TrainingPlan",
     "split_indices",
+    "WeightEMA",
 ]
