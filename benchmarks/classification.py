@@ -185,6 +185,7 @@ def run_dataset(
     celltypist: bool,
     models: list[str] | None = None,
     tabnet_overrides: dict | None = None,
+    score_overrides: dict | None = None,
 ) -> tuple[list[dict], dict]:
     import numpy as np
 
@@ -215,6 +216,9 @@ def run_dataset(
     over = tabnet_overrides or {}
     specs["TabNet"][1].update(over.get("init", {}))
     specs["TabNet"][2].update(over.get("train", {}))
+    for row in [r for r in specs if r.startswith("SCORE")]:  # --score: the same overrides for every SCORE row
+        specs[row][1].update((score_overrides or {}).get("init", {}))
+        specs[row][2].update((score_overrides or {}).get("train", {}))
     wanted = list(specs) if models is None else [m for m in specs if m in models]
     if "SCORE (TabNet embedding)" in wanted and "TabNet" not in wanted:
         wanted.insert(0, "TabNet")  # its embedding is the input of that SCORE row
@@ -298,7 +302,11 @@ def run_dataset(
                 "compute_cells_per_s": query.n_obs / compute_s,
                 "bulk_n": query.n_obs,
                 "load_avg_1min": load_avg,
-                **{f"train_{k}": v for k, v in (model.train_params_ or {}).items() if k == "timestep_range"},
+                **{
+                    f"train_{k}": v
+                    for k, v in (model.train_params_ or {}).items()
+                    if k in ("timestep_range", "class_prior")
+                },
             }
         )
         print(json.dumps(rows[-1]), flush=True)
@@ -384,7 +392,9 @@ def report(rows: list[dict], infos: dict, *, quick: bool, seconds: float, comman
         "of the five; a supervised embedding whose training cells look like new cells). SCORE's timestep "
         "window and timestep weighting (uniform, or each timestep weighted by the inverse spread of its "
         "class-centred errors) are chosen by the class-balanced NLL of the validation cells "
-        "(`timestep_range='auto'`, `timestep_weighting='auto'`). Speed columns were "
+        "(`timestep_range='auto'`, `timestep_weighting='auto'`); its class prior (Bayes' rule with the "
+        "training class frequencies) is used only where it raises the validation macro F1 "
+        "(`class_prior='auto'`). Speed columns were "
         "measured while holding `/tmp/scp_timing.lock` (no other engineer's timing run at the same time); the "
         "1-minute load average at that moment is given per dataset.",
         "",
@@ -423,8 +433,9 @@ def report(rows: list[dict], infos: dict, *, quick: bool, seconds: float, comman
         "of 16,384 cells (batch norm folded into the weights), like LogReg, instead of a data loader of dense "
         "minibatches. TabNet (n_d 64, n_a 32, one decision step) uses 1.5-entmax masks with attention scores "
         "divided by `mask_temperature=8` (≈ 450 of the 2,000 genes per mask at initialisation instead of ≈ 20; "
-        "still sparse), label smoothing 0.1, dropout 0.3 before the head, weight decay 0.05, and early stopping "
-        "on validation accuracy — the new defaults, chosen on the validation cells (table below). SCORE trains "
+        "still sparse), label smoothing 0.1, dropout 0.3 before the head, weight decay 0.05, early stopping "
+        "on validation accuracy, and validation / the kept epoch on an exponential moving average of its weights "
+        "(decay 0.95 per step, with warm-up) — the defaults, chosen on the validation cells (table below). SCORE trains "
         "its denoiser with early-stopping patience 60 (the new default; 15 stopped it long before the class "
         "differences of the denoising error had formed). SCORE prediction costs classes × 20 timesteps × 2 "
         "(antithetic) noise draws of the denoiser per cell, with the input projection and the timestep/class "
@@ -456,6 +467,38 @@ def report(rows: list[dict], infos: dict, *, quick: bool, seconds: float, comman
         "| 3 decision steps, γ 1.5 | 0.791 | 0.768 | 0.868 | 0.807 |",
         "| batch 256 (one 256-cell ghost batch) | 0.781 | 0.737 | 0.806 | 0.835 |",
         "| scTab schedule: lr 0.005 × 0.9 per epoch (`lr_decay`) | 0.764 | 0.749 | 0.772 | 0.779 |",
+        "| *issue-5 TabNet search, second round (same protocol; on top of the defaults above unless stated)* | | | | |",
+        "| defaults above, rerun with the current code | 0.845 | 0.760 | 0.795 | 0.773 |",
+        "| weight EMA (`ema_decay`) 0.99 per step, no warm-up | 0.026 | 0.026 | – | – |",
+        "| weight EMA 0.97, no warm-up | 0.864 | 0.767 | 0.819 | 0.802 |",
+        "| weight EMA 0.97, with warm-up | 0.829 | 0.762 | 0.791 | 0.804 |",
+        "| weight EMA 0.95, no warm-up | 0.862 | 0.773 | 0.816 | 0.829 |",
+        "| **weight EMA 0.95, with warm-up** (new default; mean validation F1 0.839) | 0.862 | 0.773 | 0.816 | 0.829 |",
+        "| weight EMA 0.9, no warm-up | 0.865 | 0.755 | 0.801 | 0.826 |",
+        "| weight EMA 0.8, no warm-up | 0.853 | 0.759 | 0.801 | 0.828 |",
+        "| EMA 0.9 + label smoothing 0.2 | 0.842 | 0.788 | 0.810 | 0.826 |",
+        "| EMA 0.9 + dropout 0.5 | 0.785 | 0.790 | – | – |",
+        "| EMA 0.9 + balanced class weights | 0.826 | 0.769 | – | – |",
+        "| EMA 0.9 + self-supervised pretraining, obfuscation 0.5 | 0.756 | 0.757 | – | – |",
+        "| EMA 0.9 + 2 decision steps, γ 1.0 | 0.798 | 0.863 | 0.847 | 0.844 |",
+        "| EMA 0.95 + 2 decision steps, γ 1.0 | 0.796 | 0.807 | – | – |",
+        "| EMA 0.95 + cosine learning rate | 0.832 | 0.786 | – | – |",
+        "| EMA 0.95 (new default) + 3 decision steps, γ 1.5 | 0.789 | 0.782 | 0.870 | 0.802 |",
+        "| `mask_temperature=32` (denser masks) | 0.820 | 0.754 | – | – |",
+        "| n_d 32, n_a 32 | 0.770 | 0.690 | – | – |",
+        "| n_d 128, n_a 64 (the class defaults) | 0.773 | 0.762 | – | – |",
+        "| batch 64, ghost batch 64 | 0.722 | 0.713 | – | – |",
+        "| ghost batch 32 (batch 128) | 0.756 | 0.712 | – | – |",
+        "| 2 decision steps, γ 1.0 | 0.751 | 0.768 | – | – |",
+        "| mixup α 0.4 (`mixup_alpha`) | 0.777 | 0.742 | – | – |",
+        "| early stopping on validation loss | 0.836 | 0.740 | – | – |",
+        "| patience 40, up to 200 epochs (no better epoch after the first stop) | 0.845 | 0.760 | – | – |",
+        "| weight decay 0.2 | 0.844 | 0.756 | – | – |",
+        "| dropout 0.5 before the head | 0.772 | 0.811 | – | – |",
+        '| cosine learning rate (`lr_schedule="cosine"`) | 0.836 | 0.766 | – | – |',
+        "| lr 5·10⁻³ | 0.769 | 0.753 | – | – |",
+        "| balanced class weights | 0.823 | 0.779 | – | – |",
+        "| self-supervised pretraining, obfuscation 0.5, rerun on the Lightning pretraining loop | 0.786 | 0.762 | – | – |",
         "| Linear (reference) | 0.840 | 0.852 | 0.773 | 0.761 |",
         "",
         "| SCORE setting (Kang) | val | test |",
@@ -482,6 +525,71 @@ def report(rows: list[dict], infos: dict, *, quick: bool, seconds: float, comman
         "test macro F1 from 0.901 (patience 15, the previous version of this table) to 0.848 at an unchanged "
         "test accuracy of 0.906 — a few cells of the rare classes (1–4 test cells each) — so that row's bladder "
         "verdict flips with it.",
+        "",
+        "Second round of the TabNet search (issue 5; each run `python benchmarks/classification.py "
+        "--datasets <set> --models Linear TabNet --tabnet '<JSON>'`, `OMP_NUM_THREADS=1`, same 2-core "
+        "CPU shared with other jobs), ranked by the mean validation macro F1 over the two sets. Weight "
+        "EMA (`TabNetClassifier.train(ema_decay=...)`, validation and the kept epoch on the averaged "
+        "weights) is the only change that raised the validation F1 of both sets. EMA 0.97 without "
+        "warm-up had the highest mean (0.842 vs 0.839 for 0.95), but fell to 0.810 with the warm-up, "
+        "whereas 0.95 gives the same numbers with and without it (the average forgets its start), and "
+        "0.99 collapsed (the average lagged about 100 steps, 9 epochs, behind weights that move fast at "
+        "lr 10⁻², stayed at the majority class, and early stopping kept it). So the new default is 0.95 "
+        "with warm-up (mean over the two warm-up variants: 0.839 vs 0.826 for 0.97). Compared with the "
+        "previous defaults it raises both validation and both test scores (bladder 0.760 → 0.773, Kang "
+        "0.773 → 0.829), but the mouse-bladder goal stays **missed** (0.773 vs Linear 0.852). Only one "
+        "setting reached Linear on the bladder test cells: EMA 0.9 + 2 decision steps with γ 1.0, at "
+        "0.863. Its bladder validation F1 (0.798) is among the lowest, so it was not chosen. The "
+        "validation cells (307, classes with 1–4 cells) cannot tell these settings apart: the same "
+        "pretraining setting went from 0.866 to 0.786 validation F1 between the old and the Lightning "
+        "pretraining loop (different random streams), and settings with 2–3 decision steps have the "
+        "highest bladder test accuracy (0.86–0.88) but a low bladder validation F1. `mixup_alpha`, "
+        '`lr_schedule="cosine"` and `ema_decay` are new options of `TabNetClassifier`; `pretrain` now '
+        "runs on the Lightning loop.",
+        "",
+        "SCORE, second round (cross-fitted LogReg logits, patience 60 unless stated; val / test macro F1;"
+        ' "rescored": the saved denoisers re-evaluated with 4 noise draws per timestep; the class prior '
+        "is Bayes' rule, `softmax(score / T + log π)` with the training class frequencies π and T fitted "
+        "with the prior):",
+        "",
+        "| SCORE setting | bladder val | bladder test | Kang val | Kang test |",
+        "|---|---|---|---|---|",
+        "| no class prior, `softmax(score / T)` (previous default; previous benchmark rows) | 0.901 | "
+        "0.891 | 0.857 | 0.846 |",
+        "| same, denoiser seeds 1 / 2 | 0.920 / 0.916 | 0.907 / 0.908 | 0.857 / 0.834 | 0.828 / 0.828 |",
+        '| class prior (`class_prior="empirical"`), benchmark setting | 0.925 | 0.894 | 0.847 | 0.867 |',
+        '| **`class_prior="auto"`** (new default: the prior only if it raises the validation macro F1; '
+        "bladder: prior, Kang: none) | 0.925 | 0.894 | 0.857 | 0.846 |",
+        "| no prior → class prior, mean of 3 denoiser seeds (rescored) | 0.913 → 0.930 | 0.898 → 0.893 | "
+        "0.854 → 0.848 | 0.830 → 0.861 |",
+        "| PCA-50 embedding: no prior → class prior (benchmark setting) | 0.918 → 0.903 | 0.848 → 0.810 |"
+        " 0.752 → 0.719 | 0.816 → 0.832 |",
+        "| weight EMA 0.995 (warm-up), 3 seeds: no prior / class prior (rescored) | – | – | 0.863 / 0.852"
+        " | 0.838 / 0.864 |",
+        "| 3 denoiser seeds ensembled (errors averaged; 40 timesteps × 4 draws): no prior / class prior |"
+        " 0.935 / 0.949 | 0.903 / 0.895 | 0.865 / 0.856 | 0.822 / 0.854 |",
+        '| `standardize="global"` + class prior, seeds 0 / 1 / 2 | 0.918 / – / – | 0.879 / – / – | 0.860 '
+        "/ 0.850 / 0.831 | 0.851 / 0.842 / 0.851 |",
+        "| embedding: cross-fitted log-probabilities instead of logits (seed 0): no prior / class prior |"
+        " – | – | 0.847 / 0.823 | 0.805 / 0.844 |",
+        "| embedding: logits of LogReg with C = 0.1 (seed 0, class prior) | – | – | 0.845 | 0.843 |",
+        "",
+        "The validation cells do not settle the class prior: mean validation macro F1 over the 9 rescored"
+        " runs (3 denoiser seeds × bladder, Kang, Kang with EMA) is 0.877 without and 0.877 with it — "
+        "higher on mouse bladder's validation cells in 3/3 seeds, lower on Kang's in 6/6 (by "
+        "0.001–0.016), and lower on both sets with the PCA embedding. The default is therefore "
+        '`class_prior="auto"`, which takes the prior on mouse bladder and not on Kang, so Kang\'s goal '
+        "stays missed. On Kang's *test* cells the prior raised macro F1 in 6/6 runs (by 0.014–0.043; "
+        "0.867 in the benchmark setting, above LogReg's 0.855) — a test-set observation, not used for any"
+        ' choice (`--score \'{"init": {"class_prior": "empirical"}}\'` reproduces it). Denoiser seeds alone'
+        " move Kang's test macro F1 by up to 0.02 (0.828–0.846 without the prior). More scoring timesteps"
+        " barely matter: 10 / 20 / 40 evenly spaced timesteps (the same timesteps and noise for every "
+        "class) give a mean validation macro F1 of 0.882 / 0.884 / 0.885 over 8 runs of both sets (class "
+        "prior), so the default stays 20. Weight EMA raised Kang's validation macro F1 by 0.009 without /"
+        " 0.004 with the prior (within the noise; not tried on bladder); global standardisation and the "
+        "other embeddings did not raise it; ensembling three denoisers raised bladder's (0.932 → 0.949 in"
+        " the same 40 × 4 evaluation) but not Kang's (0.856 → 0.856) nor either test F1, at 3× the "
+        "training and prediction cost. None of them was adopted.",
     ]
     return "\n".join(lines)
 
@@ -550,6 +658,13 @@ def main() -> None:
         '"pretrain": {"max_epochs": 50}}\' ("pretrain": call TabNetClassifier.pretrain on the training cells '
         "first); for the validation search, with --models TabNet",
     )
+    parser.add_argument(
+        "--score",
+        default=None,
+        metavar="JSON",
+        help='overrides of every SCORE row, e.g. \'{"init": {"class_prior": "uniform"}, "train": {"lr": 0.001}}\'; '
+        "for the validation search, with --models 'SCORE (cross-fitted LogReg embedding)'",
+    )
     parser.add_argument("--celltypist-worker", nargs=3, metavar=("TRAIN", "TEST", "OUT"))
     args = parser.parse_args()
     if args.celltypist_worker:
@@ -595,6 +710,7 @@ def main() -> None:
                 celltypist=not args.no_celltypist,
                 models=args.models,
                 tabnet_overrides=json.loads(args.tabnet) if args.tabnet else None,
+                score_overrides=json.loads(args.score) if args.score else None,
             )
             rows += r
             infos[name] = info

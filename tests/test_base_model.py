@@ -59,6 +59,24 @@ def test_training_reduces_loss(adata):
     assert h[-1] < h[0]
 
 
+def test_second_train_runs_in_training_mode(adata, trained):
+    """A module left in eval mode by predict()/train() must be put back in training mode by the next train()."""
+    import lightning.pytorch as pl
+
+    class RecordMode(pl.Callback):
+        modes: list = []
+
+        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+            self.modes.append(all(m.training for m in trained.module.modules()))
+
+    trained.predict(adata, key_added="rec")
+    assert not trained.module.training
+    rec = RecordMode()
+    trained.train(max_epochs=1, batch_size=64, callbacks=[rec])
+    assert rec.modes and all(rec.modes)
+    assert not trained.module.training  # left in eval mode for inference
+
+
 def test_save_load_identical(tmp_path, adata, trained):
     before = trained.get_reconstruction(adata)
     trained.save(tmp_path / "m")

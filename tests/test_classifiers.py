@@ -180,6 +180,32 @@ def test_tabnet_augmentation_smoothing_and_class_weight_act_in_training_only():
         TabNetModule(10, 2, input_dropout=1.0)
 
 
+def test_tabnet_mixup_mixes_cells_and_labels_in_training_only():
+    torch.manual_seed(0)
+    batch = {"X": torch.rand(32, 20), "labels": torch.randint(0, 3, (32, 1))}
+    plain = TabNetModule(20, 3, n_d=8, n_a=8, dropout_rate=0.0)
+    mix = TabNetModule(20, 3, n_d=8, n_a=8, dropout_rate=0.0, mixup_alpha=0.4)
+    mix.load_state_dict(plain.state_dict())
+    plain.eval()
+    mix.eval()
+    torch.testing.assert_close(plain.loss(batch).loss, mix.loss(batch).loss)  # evaluation: no mixing
+    plain.train()
+    mix.train()
+    torch.manual_seed(3)
+    lam = float(torch.distributions.Beta(0.4, 0.4).sample())
+    perm = torch.randperm(32)
+    x = lam * batch["X"] + (1 - lam) * batch["X"][perm]  # what mixup should feed the network
+    y = batch["labels"].long().squeeze(-1)
+    logits = plain(x)["logits"]
+    ce = torch.nn.functional.cross_entropy
+    expected = lam * ce(logits, y) + (1 - lam) * ce(logits, y[perm])
+    torch.manual_seed(3)
+    got = mix.loss(batch)
+    torch.testing.assert_close(got.loss, expected + mix.lambda_sparse * got.metrics["sparsity"])
+    with pytest.raises(ValueError, match="mixup_alpha"):
+        TabNetModule(10, 2, mixup_alpha=-1.0)
+
+
 def test_score_module_paired_scores_prefer_the_class_of_the_cell():
     torch.manual_seed(0)
     net = ScoreModule(2, 2, n_timesteps=100, n_hidden=32, n_layers=2)
@@ -379,17 +405,20 @@ def test_tabnet_pretrainer_hides_features_and_learns_to_reconstruct():
     gen = lambda: torch.Generator().manual_seed(1)  # noqa: E731 - the same masks before and after
     pre.eval()
     with torch.no_grad():
-        before = float(pre.loss(x, generator=gen()))
+        before = float(pre.reconstruction(x, generator=gen())[0])
+        out = pre.loss({"X": x}, generator=gen())  # the training objective adds the sparsity term
+    assert float(out.metrics["reconstruction"]) == pytest.approx(before)
+    assert float(out.loss) == pytest.approx(before + enc.lambda_sparse * float(out.metrics["sparsity"]))
     opt = torch.optim.Adam(pre.parameters(), lr=1e-2)
     pre.train()
     for _ in range(150):
-        loss = pre.loss(x)
+        loss = pre.loss({"X": x}).loss
         opt.zero_grad()
         loss.backward()
         opt.step()
     pre.eval()
     with torch.no_grad():
-        after = float(pre.loss(x, generator=gen()))
+        after = float(pre.reconstruction(x, generator=gen())[0])
     assert before > 0.8 and after < 0.5 * before
     with pytest.raises(ValueError, match="pretraining_ratio"):
         TabNetPretrainer(enc, x.mean(0), x.var(0), pretraining_ratio=1.0)
@@ -401,28 +430,45 @@ def test_tabnet_pretrain_then_fine_tune(data):
     model = sp.models.TabNetClassifier(train, **MODELS["TabNetClassifier"][0])
     head = model.module.head.weight.detach().clone()
     first = model.module.shared[0].weight.detach().clone()
+    from lightning.pytorch.callbacks import Callback
+
+    seen = []
+
+    class Seen(Callback):  # the Lightning loop runs the pretrainer (encoder + decoder)
+        def on_train_epoch_end(self, trainer, pl_module):
+            seen.append(type(pl_module.module).__name__)
+
     hist = model.pretrain(
         max_epochs=15,
         batch_size=50,
         lr=2e-2,
         indices=np.arange(200),
         validation_indices=np.arange(200, 300),
+        callbacks=[Seen()],
+        **FAST,
     )
+    assert seen and set(seen) == {"TabNetPretrainer"} and len(hist) == len(seen) + 1
     assert list(hist.columns) == ["train_reconstruction", "validation_reconstruction"]
+    assert hist.index[0] == 0 and np.isnan(hist["train_reconstruction"].iloc[0])
     val = hist["validation_reconstruction"]
     assert val.min() < 0.9 * val.iloc[0]  # reconstruction of held-out cells improved
+    assert hist["train_reconstruction"].iloc[-1] < hist["train_reconstruction"].iloc[1]
     assert not torch.equal(model.module.shared[0].weight, first)  # the encoder changed
     assert torch.equal(model.module.head.weight, head)  # the head is not touched by pretraining
-    lrs = []
-
-    from lightning.pytorch.callbacks import Callback
+    assert not model.is_trained_ and model.history == {}  # pretraining is not the classifier's training
+    pretrained = model.module.shared[0].weight.detach().clone()
+    lrs, start = [], []
 
     class Record(Callback):
+        def on_train_start(self, trainer, pl_module):
+            start.append(pl_module.module.shared[0].weight.detach().cpu().clone())
+
         def on_train_epoch_start(self, trainer, pl_module):
             lrs.append(trainer.optimizers[0].param_groups[0]["lr"])
 
     kw = {**MODELS["TabNetClassifier"][1], "lr_decay": 0.5, "callbacks": [Record()]}
     model.train(**kw)
+    torch.testing.assert_close(start[0], pretrained)  # fine-tuning starts from the pretrained encoder
     assert lrs[:3] == pytest.approx([2e-2, 1e-2, 5e-3])
     query = data[1].copy()
     model.predict(query, key_added="pred")  # the fine-tuned model still separates the types
@@ -430,6 +476,40 @@ def test_tabnet_pretrain_then_fine_tune(data):
     assert acc > 0.9, f"pretrained + fine-tuned TabNet: held-out accuracy {acc:.2f}"
     with pytest.raises(ValueError, match="lr_decay"):
         model.train(lr_decay=0.0)
+    # without validation cells: every epoch runs, no validation column
+    hist = model.pretrain(max_epochs=2, batch_size=100, indices=np.arange(300), early_stopping=True, **FAST)
+    assert list(hist.columns) == ["train_reconstruction"] and list(hist.index) == [1, 2]
+    assert model.is_trained_  # the classifier's training record is kept
+    with pytest.raises(TypeError, match="indices"):
+        model.pretrain(train_indices=np.arange(10))
+
+
+def test_tabnet_cosine_schedule_and_weight_average(data):
+    from lightning.pytorch.callbacks import Callback
+
+    train = data[0].copy()
+    sp.models.TabNetClassifier.setup_anndata(train, labels_key="cell_type")
+    model = sp.models.TabNetClassifier(train, **MODELS["TabNetClassifier"][0])
+    lrs = []
+
+    class Record(Callback):
+        def on_train_epoch_start(self, trainer, pl_module):
+            lrs.append(trainer.optimizers[0].param_groups[0]["lr"])
+
+    kw = {**MODELS["TabNetClassifier"][1], "max_epochs": 10, "early_stopping": False}
+    model.train(**kw, lr_schedule="cosine", ema_decay=0.5, callbacks=[Record()])
+    expected = [2e-2 * (1 + np.cos(np.pi * e / 10)) / 2 for e in range(10)]
+    assert lrs == pytest.approx(expected)
+    query = data[1].copy()
+    model.predict(query, key_added="pred")  # the averaged weights classify
+    acc = np.mean(query.obs["pred"].astype(str).to_numpy() == query.obs["cell_type"].astype(str).to_numpy())
+    assert acc > 0.9, f"TabNet with cosine schedule and weight average: held-out accuracy {acc:.2f}"
+    with pytest.raises(ValueError, match="not both"):
+        model.train(lr_decay=0.9, lr_schedule="cosine")
+    with pytest.raises(ValueError, match="lr_schedule"):
+        model.train(lr_schedule="step")
+    with pytest.raises(ValueError, match="ema_decay"):
+        model.train(ema_decay=1.0)
 
 
 def test_score_classifier_with_internal_encoder_roundtrip(data, tmp_path):
@@ -464,6 +544,59 @@ def test_score_timestep_weights_and_window(trained, data):
     with pytest.raises(ValueError, match="timestep_range"):
         sp.models.ScoreClassifier(data[0].copy(), timestep_range=(0.5, 0.2))
     assert model._scoring_timesteps().max() < model.module.score.n_timesteps
+
+
+def test_fit_temperature_with_class_prior_recovers_the_scale():
+    from scpredict.models._score import fit_temperature
+
+    rng = np.random.default_rng(0)
+    prior = np.array([0.7, 0.2, 0.1])
+    y = rng.choice(3, size=4000, p=prior)
+    x = rng.normal(np.array([-1.0, 0.0, 1.0])[y], 1.0)
+    loglik = -0.5 * (x[:, None] - np.array([-1.0, 0.0, 1.0])[None, :]) ** 2  # log p(x | c) + const
+    t_bayes = fit_temperature(5.0 * loglik, y, log_prior=np.log(prior))
+    assert t_bayes == pytest.approx(5.0, rel=0.15)  # softmax(s / T + log π) is the exact posterior at T = 5
+    assert abs(fit_temperature(5.0 * loglik, y) - 5.0) > abs(t_bayes - 5.0)
+
+
+def test_score_class_prior_is_bayes_rule_with_training_frequencies(data, tmp_path):
+    keep = np.flatnonzero((data[0].obs["cell_type"] != data[0].obs["cell_type"].cat.categories[0]).to_numpy())
+    adata = data[0][np.concatenate([np.flatnonzero(~np.isin(np.arange(N_TRAIN), keep))[:10], keep])].copy()
+    sp.models.ScoreClassifier.setup_anndata(adata, labels_key="cell_type", embedding_key="X_pca")
+    with pytest.raises(ValueError, match="class_prior"):
+        sp.models.ScoreClassifier(adata, class_prior="bayes")
+    init = {**MODELS["ScoreClassifier"][0], "n_eval_timesteps": 4, "n_noise": 1, "timestep_range": (0.1, 0.9)}
+    model = sp.models.ScoreClassifier(adata, class_prior="empirical", **init)
+    tr, va = np.arange(0, adata.n_obs, 2), np.arange(1, adata.n_obs, 2)
+    model.train(max_epochs=3, train_indices=tr, validation_indices=va, **FAST)
+    codes = pd.Categorical(adata.obs["cell_type"], categories=model.classes_).codes
+    counts = np.bincount(codes[tr], minlength=len(model.classes_))
+    expected = np.log((counts + 1) / (counts.sum() + len(counts)))
+    assert model.class_prior_ == "empirical" and counts.min() < counts.max() / 5
+    np.testing.assert_allclose(model.log_prior_, expected)
+    from scpredict.models._score import fit_temperature
+
+    emb = adata.obsm["X_pca"]
+    t = fit_temperature(-model._class_errors(emb[va]), codes[va], log_prior=expected)  # fitted with the prior
+    assert model.temperature_ == pytest.approx(t, rel=1e-6)
+    z = model.get_class_scores(data[1]) / model.temperature_ + expected
+    proba = np.exp(z - z.max(1, keepdims=True))
+    np.testing.assert_allclose(
+        model.get_probabilities(data[1]), proba / proba.sum(1, keepdims=True), atol=1e-6
+    )
+    model.save(tmp_path / "prior")
+    loaded = sp.models.ScoreClassifier.load(tmp_path / "prior")
+    assert loaded.class_prior_ == "empirical"
+    np.testing.assert_allclose(loaded.get_probabilities(data[1]), model.get_probabilities(data[1]), atol=1e-6)
+    auto = sp.models.ScoreClassifier(adata, class_prior="auto", **init)
+    auto.train(max_epochs=3, train_indices=tr, validation_indices=va, **FAST)
+    err = auto._class_errors(emb[va])
+    f1 = {}
+    for name, lp in (("uniform", np.zeros_like(expected)), ("empirical", expected)):
+        pred = (-err / fit_temperature(-err, codes[va], log_prior=lp) + lp).argmax(1)
+        f1[name] = sp.metrics.macro_f1(codes[va], pred)
+    assert auto.class_prior_ == ("empirical" if f1["empirical"] > f1["uniform"] else "uniform")
+    assert np.any(auto.log_prior_ != 0) == (auto.class_prior_ == "empirical")
 
 
 def test_embedding_diffusion_samples_near_their_class(tmp_path):

@@ -651,6 +651,10 @@ class BaseModel:
             warnings.filterwarnings("ignore", ".*is a very small number of batches.*")
             warnings.filterwarnings("ignore", ".*smaller than the logging interval.*")
             warnings.filterwarnings("ignore", ".*LeafSpec.*")
+            # Lightning (>= 2.2) keeps the train/eval mode each submodule has when fit starts; a module left in
+            # eval mode by predict() or an earlier train() would otherwise train without dropout and with frozen
+            # batch-norm statistics
+            plan.train()
             trainer.fit(plan, datamodule=dm, ckpt_path=ckpt_path)
         self.module.eval()
         self.module.to("cpu")

@@ -331,6 +331,11 @@ class TabNetModule(nn.Module):
         (no rescaling; it mimics extra dropout events of the capture), a fresh draw every batch.
     label_smoothing
         Label smoothing of the cross-entropy (Szegedy et al. 2016).
+    mixup_alpha
+        Training-time mixup (Zhang et al. 2018, "mixup: Beyond Empirical Risk Minimization", ICLR): each
+        training batch is replaced by ``λ·x + (1 − λ)·x[π]`` (on the transformed, log1p scale; ``π`` a random
+        permutation of the batch, ``λ ~ Beta(α, α)`` per batch) and the cross-entropy by
+        ``λ·CE(y) + (1 − λ)·CE(y[π])``. 0 = off.
     """
 
     def __init__(
@@ -354,8 +359,13 @@ class TabNetModule(nn.Module):
         mask_temperature: float = 1.0,
         input_dropout: float = 0.0,
         label_smoothing: float = 0.0,
+        mixup_alpha: float = 0.0,
     ) -> None:
         super().__init__()
+        if mixup_alpha < 0:
+            msg = f"mixup_alpha must be >= 0, got {mixup_alpha}."
+            raise ValueError(msg)
+        self.mixup_alpha = float(mixup_alpha)
         if not 0.0 <= input_dropout < 1.0:
             msg = f"input_dropout must be in [0, 1), got {input_dropout}."
             raise ValueError(msg)
@@ -415,7 +425,11 @@ class TabNetModule(nn.Module):
         "sparsity_loss": scalar mean entropy of the masks, "steps": (n_steps, n_cells, n_d) the ReLU decision
         output of each step, "target": (n_cells, n_input) the transformed input before batch norm}``.
         """
-        target = self._transform(x)
+        return self._encode(self._transform(x), obfuscation=obfuscation)
+
+    def _encode(self, target: torch.Tensor, *, obfuscation: torch.Tensor | None = None) -> dict:
+        """:meth:`encode` of an already transformed input (``log1p`` of normalised counts if the input is
+        counts)."""
         x = self.input_bn(target)
         prior = torch.ones_like(x)
         if obfuscation is not None:
@@ -460,13 +474,25 @@ class TabNetModule(nn.Module):
         x = batch["X"]
         if self.training and self.input_dropout > 0:
             x = x * (torch.rand_like(x) >= self.input_dropout).to(x.dtype)
-        out = self(x)
-        ce = F.cross_entropy(out["logits"], y)
         smooth = self.label_smoothing if self.training else 0.0
-        weight = class_weight.to(out["logits"]) if class_weight is not None and self.training else None
-        fit = ce
-        if smooth > 0 or weight is not None:
-            fit = F.cross_entropy(out["logits"], y, weight=weight, label_smoothing=smooth)
+        weight = class_weight.to(x.dtype) if class_weight is not None and self.training else None
+        if self.training and self.mixup_alpha > 0 and y.shape[0] > 1:
+            lam = float(torch.distributions.Beta(self.mixup_alpha, self.mixup_alpha).sample())
+            perm = torch.randperm(y.shape[0], device=x.device)
+            t = self._transform(x)
+            out = self._encode(lam * t + (1.0 - lam) * t[perm])
+            out["logits"] = self.head(self.dropout(out["embedding"]))
+            ce = F.cross_entropy(out["logits"], y)  # logged against the dominant labels
+            kw = {"weight": weight, "label_smoothing": smooth}
+            fit = lam * F.cross_entropy(out["logits"], y, **kw) + (1.0 - lam) * F.cross_entropy(
+                out["logits"], y[perm], **kw
+            )
+        else:
+            out = self(x)
+            ce = F.cross_entropy(out["logits"], y)
+            fit = ce
+            if smooth > 0 or weight is not None:
+                fit = F.cross_entropy(out["logits"], y, weight=weight, label_smoothing=smooth)
         acc = (out["logits"].argmax(dim=-1) == y).float().mean()
         return LossOutput(
             loss=fit + self.lambda_sparse * out["sparsity_loss"],
@@ -600,8 +626,11 @@ class TabNetPretrainer(nn.Module):
         self.register_buffer("feature_mean", torch.as_tensor(feature_mean, dtype=torch.float32).clone())
         self.register_buffer("feature_sd", var.sqrt())
 
-    def loss(self, x: torch.Tensor, *, generator: torch.Generator | None = None) -> torch.Tensor:
-        """Normalised reconstruction loss of the hidden features (a fresh ``S`` per call).
+    def reconstruction(
+        self, x: torch.Tensor, *, generator: torch.Generator | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Normalised reconstruction error of the hidden features (a fresh ``S`` per call), without the
+        sparsity term.
 
         Parameters
         ----------
@@ -612,7 +641,7 @@ class TabNetPretrainer(nn.Module):
 
         Returns
         -------
-        Scalar loss.
+        ``(rec, sparsity)``: the scalar mean reconstruction error over cells and the encoder's mask entropy.
         """
         u = torch.rand(x.shape, generator=generator, device=x.device, dtype=x.dtype)
         s = (u < self.pretraining_ratio).to(x.dtype)
@@ -621,4 +650,26 @@ class TabNetPretrainer(nn.Module):
         z = (out["target"].detach() - self.feature_mean) / self.feature_sd
         err = ((rec - z) * s) ** 2
         per_cell = err.sum(dim=-1) / s.sum(dim=-1).clamp_min(1.0)
-        return per_cell.mean() + self.encoder.lambda_sparse * out["sparsity_loss"]
+        return per_cell.mean(), out["sparsity_loss"]
+
+    def loss(self, batch: dict[str, torch.Tensor], *, generator: torch.Generator | None = None) -> LossOutput:
+        """Training objective: reconstruction error + ``lambda_sparse`` × mask entropy (a fresh ``S`` per call).
+
+        Parameters
+        ----------
+        batch
+            ``{"X": (n_cells, n_input)}`` input on the encoder's input scale (other keys are ignored).
+        generator
+            Random generator of ``S`` (fixed masks for a reproducible validation loss).
+
+        Returns
+        -------
+        :class:`~scpredict.train.LossOutput` with the metrics ``reconstruction`` and ``sparsity``.
+        """
+        x = batch["X"].float()
+        rec, sparsity = self.reconstruction(x, generator=generator)
+        return LossOutput(
+            loss=rec + self.encoder.lambda_sparse * sparsity,
+            metrics={"reconstruction": rec, "sparsity": sparsity},
+            n_obs=x.shape[0],
+        )
