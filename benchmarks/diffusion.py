@@ -1,7 +1,7 @@
 """ScoreDiffusion benchmark (issue 6): generation, held-out perturbation, denoising, design, speed.
 
 Run: ``python benchmarks/diffusion.py [--epochs N] [--parts abcdef] [--folds K]`` (part ``f``: part (a)
-cross-fitted over K folds) (writes the ``diffusion`` section of
+cross-fitted over K folds; ``--parts r``: only rewrite the docs section from the saved results) (writes the ``diffusion`` section of
 docs/benchmarks.md and ``benchmarks/_work/diffusion_results.json``). Data: ../shared/data.
 """
 
@@ -24,6 +24,10 @@ WORK = HERE / "_work" / "diffusion"
 #: model size chosen so that each part runs in minutes on the shared 2-core CPU
 MODEL = {"space": "latent", "n_latent": 32, "ae_hidden": 256, "n_hidden": 256, "n_layers": 3, "n_emb": 64}
 HELD_OUT = ("CD4T", "stimulated")
+#: tag / results-key suffix of the autoencoder likelihood ("_nbinit": NB with the output layers started at the
+#: data's scale and the noise parameters refitted by maximum likelihood after training; earlier NB runs were
+#: stored as "_nb" (neither) and "_nbml" (refit only))
+LIK_TAG = {"mse": "", "nb": "_nbinit"}
 N_GEN_MEANS = 500
 DESIGN = {
     "IL2RA": "up", "ISG15": "up", "CXCL10": "up", "IFIT3": "up", "GNLY": "up",
@@ -59,14 +63,14 @@ def kang(n_hvg: int = 2000):
     return a
 
 
-def _fit(tr, epochs: int, path: Path, ema_decay: float | None = None):
+def _fit(tr, epochs: int, path: Path, ema_decay: float | None = None, ae_likelihood: str = "mse"):
     """Train (or load from ``path``) a Kang model on the cells ``tr``; returns the model and the timing."""
     sp.models.ScoreDiffusion.setup_anndata(
         tr, condition_keys=["cell_type", "condition"], perturbation_key="condition", control="control"
     )
     if (path / "model.json").exists():
         return sp.models.ScoreDiffusion.load(path, adata=tr), json.loads((path / "time.json").read_text())
-    model = sp.models.ScoreDiffusion(tr, **MODEL)
+    model = sp.models.ScoreDiffusion(tr, **MODEL, ae_likelihood=ae_likelihood)
     t0 = time.time()
     model.train(
         max_epochs=epochs,
@@ -167,13 +171,38 @@ def _ceiling(cells: np.ndarray, n_ref: int) -> float:
     return float(np.sqrt(signal / (signal + noise / n_ref)))
 
 
-def part_a_cv(a, epochs: int, n_folds: int, ema_decay: float | None = None):
+def _observation_stats(model, real: np.ndarray, gen: np.ndarray, *, seed: int) -> dict:
+    """What separates generated from real held-out cells: fraction of zeros, mean per-gene variance, and the
+    kNN accuracy of the autoencoder's own reconstruction of the held-out cells (no diffusion involved)."""
+    import torch
+
+    out = {
+        "zeros real": float((real == 0).mean()), "zeros generated": float((gen == 0).mean()),
+        "gene var real": float(real.var(0).mean()), "gene var generated": float(gen.var(0).mean()),
+    }  # fmt: skip
+    m = model.module.eval()
+    if m.autoencoder is None:
+        return out
+    with torch.no_grad():
+        y = m.to_diffusion(torch.as_tensor(real))
+        out["knn AE reconstruction (decoder mean)"] = sp.metrics.knn_real_vs_generated(
+            real, m.from_diffusion(y).clamp(min=0).numpy()
+        )
+        if m.autoencoder.likelihood == "nb":
+            rec = m.sample_observation(y, np.random.default_rng(seed)).numpy()
+            out["knn AE reconstruction (sampled counts)"] = sp.metrics.knn_real_vs_generated(real, rec)
+    return out
+
+
+def part_a_cv(
+    a, epochs: int, n_folds: int, ema_decay: float | None = None, ae_likelihood: str = "mse", cv_seed: int = 2
+):
     """K-fold cross-fitting of part (a): fold k's cells are compared only with the model trained on the
     other folds (and with the other folds' real cells as the real-vs-real reference)."""
     pool = a[a.obs["split"] != "held_out"]
     groups = pool.obs["group"].to_numpy()
     fold = np.empty(pool.n_obs, dtype=int)
-    rng = np.random.default_rng(2)
+    rng = np.random.default_rng(cv_seed)
     for g in np.unique(groups):  # stratified by group
         idx = np.flatnonzero(groups == g)
         fold[rng.permutation(idx)] = np.arange(len(idx)) % n_folds
@@ -181,8 +210,11 @@ def part_a_cv(a, epochs: int, n_folds: int, ema_decay: float | None = None):
     recs, knn, pooled_gen, pooled_mem, times = [], [], {}, {}, []
     for k in range(n_folds):
         tr = pool[fold != k].copy()
-        tag = f"kang_cv{n_folds}_fold{k}_e{epochs}" + (f"_ema{ema_decay:g}" if ema_decay else "")
-        model, info = _fit(tr, epochs, WORK / tag, ema_decay)
+        tag = (
+            f"kang_cv{n_folds}_fold{k}_e{epochs}" + (f"_ema{ema_decay:g}" if ema_decay else "")
+            + LIK_TAG[ae_likelihood] + (f"_s{cv_seed}" if cv_seed != 2 else "")
+        )  # fmt: skip
+        model, info = _fit(tr, epochs, WORK / tag, ema_decay, ae_likelihood)
         times.append(info["train_s"])
         log(f"fold {k}: trained ({info['train_s']:.0f} s)")
         gen_k, real_k, mem_k, gauss_k = [], [], [], []
@@ -219,6 +251,7 @@ def part_a_cv(a, epochs: int, n_folds: int, ema_decay: float | None = None):
             knn[-1]["knn_model (n of a 5-fold fold)"] = sp.metrics.knn_real_vs_generated(
                 rk[sub], np.vstack(gen_k)[sub]
             )
+        knn[-1].update(_observation_stats(model, rk, np.vstack(gen_k), seed=k))
         log(f"fold {k}:", knn[-1])
     df = pd.DataFrame(recs)
     rows = []
@@ -238,7 +271,9 @@ def part_a_cv(a, epochs: int, n_folds: int, ema_decay: float | None = None):
             "pooled (leaky) Pearson training cells": sp.metrics.pearson_of_means(allx, np.vstack(pooled_mem[g])),
             "split-half real vs real": sp.metrics.pearson_of_means(*np.array_split(allx[rng.permutation(len(allx))], 2)),
         })  # fmt: skip
-    info = {"n_folds": n_folds, "epochs": epochs, "train_s": times, "ema_decay": ema_decay}
+    info = {"n_folds": n_folds, "epochs": epochs, "train_s": times, "ema_decay": ema_decay,
+            "ae_likelihood": ae_likelihood, "cv_seed": cv_seed, "nb_noise_ml": ae_likelihood == "nb",
+            "nb_init": ae_likelihood == "nb"}  # fmt: skip
     return pd.DataFrame(rows), pd.DataFrame(knn), info
 
 
@@ -494,6 +529,11 @@ def main():
     ap.add_argument("--parts", default="abcde")
     ap.add_argument("--folds", type=int, default=5, help="folds of the cross-fitted part (a) (part f)")
     ap.add_argument("--ema", type=float, default=None, help="EMA decay of the cross-fitted models (part f)")
+    ap.add_argument(
+        "--ae-likelihood", default="mse", choices=["mse", "nb"],
+        help="observation model of the cross-fitted models' autoencoder (part f)",
+    )  # fmt: skip
+    ap.add_argument("--cv-seed", type=int, default=2, help="seed of the fold assignment (part f)")
     ap.add_argument("--c-epochs", type=int, default=150, help="epochs of the CellBench denoising model")
     ap.add_argument(
         "--tune-c", action="store_true", help="part c: also choose t_start / k on validation cells"
@@ -509,7 +549,11 @@ def main():
     WORK.mkdir(parents=True, exist_ok=True)
     res_path = WORK / "results.json"
     results = json.loads(res_path.read_text()) if res_path.exists() else {}
+    start = json.loads(json.dumps(results, default=float))
     sp.settings.progress_bar = "none"
+    if set(args.parts) == {"r"}:  # rewrite the docs section from the saved results only
+        report(results, args)
+        return
     a = kang()
     if set(args.parts) & set("abde"):
         log("training Kang model")
@@ -521,8 +565,15 @@ def main():
         results["a"] = {"table": df.to_dict("records"), "pooled": pooled, "n_big": n_big}
         log("a", pooled)
     if "f" in args.parts:
-        df, knn, info = part_a_cv(a, args.epochs, args.folds, args.ema)
-        key = "a_cv" + (str(args.folds) if args.folds != 5 else "") + ("_ema" if args.ema else "")
+        df, knn, info = part_a_cv(a, args.epochs, args.folds, args.ema, args.ae_likelihood, args.cv_seed)
+        key = (
+            "a_cv"
+            + (str(args.folds) if args.folds != 5 else "")
+            + ("_ema" if args.ema else "")
+            + (f"_e{args.epochs}" if args.epochs != 300 else "")
+            + LIK_TAG[args.ae_likelihood]
+            + (f"_s{args.cv_seed}" if args.cv_seed != 2 else "")
+        )  # fmt: skip  (a new setting never overwrites the results of another)
         results[key] = {
             "table": df.to_dict("records"),
             "knn": knn.to_dict("records"),
@@ -535,6 +586,7 @@ def main():
         log("b\n", df)
     if "c" in args.parts:
         df, info = part_c(args.c_epochs, tune=args.tune_c, ema_decay=args.c_ema)
+        results["c_epochs"] = args.c_epochs
         results["c_ema" if args.c_ema else "c"] = {"table": df.to_dict("records"), "info": info}
         log("c\n", df)
     if "d" in args.parts:
@@ -547,11 +599,17 @@ def main():
             {**results["e"], "time": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
         )
         log("e", results["e"])
+    # merge into what is on disk now: another run may have written other keys since this one started
+    snapshot = json.loads(res_path.read_text()) if res_path.exists() else {}
+    for key, value in results.items():
+        if json.dumps(value, default=float) != json.dumps(start.get(key), default=float):
+            snapshot[key] = value
+    results = snapshot
     res_path.write_text(json.dumps(results, indent=1, default=float))
     report(results, args)
 
 
-def _report_a_cv(res) -> list[str]:
+def _report_a_cv(res, heading: str | None = None, intro: str | None = None) -> list[str]:
     df, knn, info = pd.DataFrame(res["table"]), pd.DataFrame(res["knn"]), res["info"]
     k = info["n_folds"]
     raw, cor = df["Pearson model (fold mean)"], df["noise-corrected Pearson model"]
@@ -565,8 +623,9 @@ def _report_a_cv(res) -> list[str]:
         columns=["fold", "n_held_out"]).mean().to_dict()}])], ignore_index=True)  # fmt: skip
     low = df.loc[raw < 0.95, "group"].tolist()
     return [
-        "", f"### (a) Conditional generation, {k}-fold cross-fitted",
-        "", f"The single split above compares each small group with only 11–17 test cells. Here the cells of the 13 groups "
+        "", heading or f"### (a) Conditional generation, {k}-fold cross-fitted",
+        "", (intro or "The single split above compares each small group with only 11–17 test cells.")
+        + f" Here the cells of the 13 groups "
         f"are split into {k} folds stratified by group; model k (same settings, {info['epochs']} epochs, trained on the other "
         f"{k - 1} folds; {np.mean(info['train_s']):.0f} s each, {np.sum(info['train_s']) / 60:.1f} min for all {k}) generates "
         f"{N_GEN_MEANS} cells per group, compared only with fold k's real cells, so every real cell is held out exactly "
@@ -589,10 +648,11 @@ def _report_a_cv(res) -> list[str]:
         + (f"; below: {', '.join(low)}" if low else "") + "). "
         f"The ceiling is below 0.95 for {int((ceil < 0.95).sum())} groups and the other folds' real cells reach 0.95 in "
         f"{int((other >= 0.95).sum())} of {len(df)} groups; the model is within "
-        f"{(other - raw).max():.3f} of them everywhere. After removing the sampling noise of the means, the model "
+        f"{max((other - raw).max(), 0):.3f} of them everywhere (above them in {int((raw > other).sum())}). After removing the sampling noise of the means, the model "
         f"reaches ≥ 0.95 in {int((cor >= 0.95).sum())} of {len(df)} groups (min {cor.min():.3f}; real other folds "
-        f"min {df['noise-corrected Pearson real other folds'].min():.3f}). That is an estimate of a different statistic "
-        "from the one the target names, so the target itself stays missed where the raw number is below 0.95.",
+        f"min {df['noise-corrected Pearson real other folds'].min():.3f})."
+        + (" That is an estimate of a different statistic from the one the target names, so the target itself stays "
+           "missed where the raw number is below 0.95." if raw.min() < 0.95 else ""),
         "", "Pooling the generated cells of all folds and comparing their mean with the mean of all real cells of a group "
         "(the comparison first proposed for this check) is not held out: model j was trained on fold k, so the pooled "
         "generated mean contains the training data of every fold. A generator that returns its own training cells "
@@ -602,52 +662,203 @@ def _report_a_cv(res) -> list[str]:
     ]  # fmt: skip
 
 
+#: when and why each cross-fitted variant was run (stated in the report; keyed by the results key)
+VARIANT_NOTES = {
+    "a_cv": "the main run, specified beforehand",
+    "a_cv_ema": "added after seeing the 5-fold result (not chosen beforehand)",
+    "a_cv2_ema": "added after seeing the 5-fold results (not chosen beforehand)",
+    "a_cv2_ema_e500": "specified before it ran from a count of optimizer steps: a 2-fold model sees half of the "
+    "cells, 6 batches of 128 per epoch against 10 for a 5-fold model, so 300 epochs are 1,800 steps against 3,000; "
+    "500 epochs give the same 3,000 steps. The only epoch count tried",
+    "a_cv2_ema_e500_s3": "replicate of the 500-epoch run with another random fold assignment (seed 3), specified "
+    "before it ran, to see how much the result depends on the split",
+    "a_cv3_ema_e375": "middle ground between 2 and 5 folds, specified before it ran: 375 epochs give the same 3,000 "
+    "steps (8 batches of 128 per epoch); run after the rows above",
+    "a_cv2_ema_e500_nb": "specified before it ran, after a diagnostic of the 300-epoch 2-fold model on its held-out "
+    "cells: the decoder's mean output has far fewer zeros and about half the per-gene variance of real cells (the "
+    "zeros and variance columns of the 500-epoch MSE row show the same). The count decoder is the standard scVI "
+    "likelihood. It made the kNN accuracy worse. A diagnostic on the training cells of fold 0 showed why: the global "
+    "noise parameters had hardly moved from their initial values (median theta 1.3 against 255 at its maximum "
+    "likelihood given the trained decoder; depth s.d. 0.89 against 0.29 for the residuals), so the sampled cells were "
+    "far too noisy",
+    "a_cv2_ema_e500_nbml": "the same after that fix: the noise parameters are set to their maximum-likelihood values "
+    "given the trained decoder, on the training cells, at the end of the autoencoder stage "
+    "(`ExpressionAutoencoder.fit_observation_noise`; run after seeing the row above, new weights under a new tag). "
+    "Zeros and per-gene variance now match the real cells, yet the kNN accuracy stays above the mean decoder's, and "
+    "even the autoencoder's own reconstruction of the held-out cells, drawn from the count likelihood, is told apart "
+    "from the real cells (last kNN column). A diagnostic on fold 0's held-out cells found the same kind of cause in "
+    "the output layers: the reconstructions' totals are too high (median normalised total 704 against 465) and they "
+    "detect fewer genes (median 76 against 93): the output intercepts (log gene shares around -8, log totals "
+    "around +6) had not got there from zero in about 1,000 steps (the next row tests this)",
+    "a_cv2_ema_e500_nbinit": "the same with the output layers started at the data's scale (decoder bias = log gene "
+    "shares, depth intercept = mean log totals; `ExpressionAutoencoder.init_from_data`) and the depth intercept "
+    "included in the refit; run after seeing the row above, new weights under a new tag. The kNN accuracy barely "
+    "moves, and the autoencoder's own reconstruction of the held-out cells drawn from the count likelihood is still "
+    "told apart from the real cells about as well as before (last kNN column). So the count model itself (one "
+    "dispersion per gene shared by all cell types, genes independent given the 32-dimensional latent) does not "
+    "reproduce how real cells scatter in the top principal components, although it reproduces their zeros and "
+    "per-gene variance. Not pursued further; the mean decoder stays the default",
+}
+
+
 def _report_a_cv_variants(variants) -> list[str]:
-    rows = []
-    for res in variants.values():
+    rows, notes = [], []
+    order = list(VARIANT_NOTES)
+    for key in sorted(variants, key=lambda v: order.index(v) if v in order else len(order)):
+        res = variants[key]
         df, knn, info = pd.DataFrame(res["table"]), pd.DataFrame(res["knn"]), res["info"]
         raw, cor = df["Pearson model (fold mean)"], df["noise-corrected Pearson model"]
         other = df["Pearson real other folds (fold mean)"]
+        k, lik = info["n_folds"], info.get("ae_likelihood", "mse")
+        n_train = round(df["n_cells"].sum() * (k - 1) / k)
         rows.append({
-            "folds": info["n_folds"], "held-out cells per fold (smallest group)": df["n_held_out per fold"].map(
+            "folds": k, "fold seed": info.get("cv_seed", 2), "epochs": info["epochs"],
+            "score-net steps per model": (n_train // 128) * info["epochs"],
+            "held-out cells per fold (smallest group)": df["n_held_out per fold"].map(
                 lambda v: int(str(v).split("–")[0])).min(),
-            "score network weights": f"EMA, decay {info['ema_decay']:g}" if info.get("ema_decay") else "last",
+            "score network weights": f"EMA {info['ema_decay']:g}" if info.get("ema_decay") else "last",
+            "decoder": "mean (MSE)" if lik == "mse" else "NB counts, sampled; " + (
+                "data-scale init + ML noise refit" if info.get("nb_init") else "ML noise refit"
+                if info.get("nb_noise_ml") else "noise as trained"),
             "kNN acc. (fold mean)": knn["knn_model"].mean(), "kNN acc. (worst fold)": knn["knn_model"].max(),
             "kNN acc. at the size of a 5-fold fold": knn.get("knn_model (n of a 5-fold fold)", knn["knn_model"]).mean(),
             "groups ≥ 0.95 (raw)": f"{int((raw >= 0.95).sum())}/{len(df)}", "median Pearson (raw)": raw.median(),
             "min Pearson (raw)": raw.min(), "real other folds: groups ≥ 0.95": f"{int((other >= 0.95).sum())}/{len(df)}",
             "min ceiling": df["ceiling: noise-free mean (fold mean)"].min(),
-            "median noise-corrected": cor.median(), "min noise-corrected": cor.min(),
+            "min noise-corrected": cor.min(),
+            "zeros real / generated": (f"{knn['zeros real'].mean():.3f} / {knn['zeros generated'].mean():.3f}"
+                                       if "zeros real" in knn else "–"),
+            "gene var real / generated": (f"{knn['gene var real'].mean():.4f} / {knn['gene var generated'].mean():.4f}"
+                                          if "gene var real" in knn else "–"),
+            "kNN acc. of the AE's reconstruction of held-out cells": knn[
+                "knn AE reconstruction (sampled counts)" if lik == "nb" else "knn AE reconstruction (decoder mean)"
+            ].mean() if "knn AE reconstruction (decoder mean)" in knn else np.nan,
             "train s per fold": float(np.mean(info["train_s"])),
         })  # fmt: skip
+        notes.append(VARIANT_NOTES.get(key, "not documented"))
     return [
-        "", "Variants (same settings otherwise, all held out and cross-fitted as above): an exponential moving average "
-        "of the score network's weights (`train(ema_decay=...)`, as in DDPM) instead of the last weights, and fewer "
-        "folds (larger held-out references, models trained on fewer cells). They were not chosen beforehand; every "
-        "variant run is listed, so read the differences as comparisons, not as a tuned result. The kNN accuracy grows "
-        "with the number of cells compared, so it is also shown on a random subset of each fold of the size of a "
-        "5-fold fold (same groups, same generated cells).",
+        "", "Variants (same model otherwise, all held out and cross-fitted as above): an exponential moving average "
+        "of the score network's weights (`train(ema_decay=...)`, as in DDPM) instead of the last weights; fewer "
+        "folds (larger held-out references, models trained on fewer cells); more epochs; another random fold "
+        "assignment; and the autoencoder's count likelihood (`ScoreDiffusion(ae_likelihood='nb')`: negative-binomial "
+        "counts with a library size, as in scVI; generated cells are draws of counts, log-normalized like the data, "
+        "instead of the decoder's smooth mean). When and why each was run is listed under the table: every variant "
+        "run is there, so read the differences as comparisons. The kNN accuracy grows with the number of cells "
+        "compared, so it is also shown on a random subset of each fold of the size of a 5-fold fold (same groups, "
+        "same generated cells). Diagnostics (fold means; `–` where the run predates them): fraction of exact zeros "
+        "and mean per-gene variance of real held-out vs generated cells, and the kNN accuracy of the autoencoder's "
+        "own reconstruction of the held-out cells (encode, decode; no diffusion) — about the best that a diffusion "
+        "in its latent can be expected to reach.",
         "", fmt(pd.DataFrame(rows)), "",
         *[
-            f"- {r['folds']} folds, {r['score network weights']} weights: kNN ≤ 0.65 "
-            f"{'met' if r['kNN acc. (fold mean)'] <= 0.65 else 'missed'} ({r['kNN acc. (fold mean)']:.3f}; "
+            f"- {r['folds']} folds (seed {r['fold seed']}), {r['epochs']} epochs, {r['score network weights']} weights, "
+            f"decoder {r['decoder']}: kNN ≤ 0.65 {'met' if r['kNN acc. (fold mean)'] <= 0.65 else 'missed'} "
+            f"({r['kNN acc. (fold mean)']:.3f}, worst fold {r['kNN acc. (worst fold)']:.3f}; "
             f"{r['kNN acc. at the size of a 5-fold fold']:.3f} at the 5-fold size), Pearson of means ≥ 0.95 in "
-            f"{r['groups ≥ 0.95 (raw)']} groups (min {r['min Pearson (raw)']:.3f})."
-            for r in rows
+            f"{r['groups ≥ 0.95 (raw)']} groups (min {r['min Pearson (raw)']:.4f}) — {note}."
+            for r, note in zip(rows, notes, strict=True)
         ],
     ]  # fmt: skip
+
+
+#: the cross-fitted run shown in full besides the 5-fold one (specified before it ran, see VARIANT_NOTES)
+A_DETAIL = "a_cv2_ema_e500"
+
+
+def _a_verdict(results) -> list[str]:
+    """Whether target (a) is met, per cross-fitted run (raw Pearson of means in every group and kNN, both on
+    held-out cells)."""
+    out = [
+        "",
+        "**Target (a) (kNN ≤ 0.65 and Pearson of group means ≥ 0.95 in every group, held-out cells):**",
+    ]
+    order = list(VARIANT_NOTES)
+    keys = sorted(
+        (k for k in results if k.startswith("a_cv")), key=lambda v: order.index(v) if v in order else 99
+    )
+    met = []
+    for key in keys:
+        res = results[key]
+        df, knn, info = pd.DataFrame(res["table"]), pd.DataFrame(res["knn"]), res["info"]
+        raw, kn = df["Pearson model (fold mean)"], knn["knn_model"].mean()
+        ok = kn <= 0.65 and raw.min() >= 0.95
+        met += [key] if ok else []
+        out.append(
+            f"- `{_variant_args(info)}`: {'met' if ok else 'missed'} (kNN {kn:.3f}, worst fold "
+            f"{knn['knn_model'].max():.3f}; {int((raw >= 0.95).sum())}/{len(df)} groups ≥ 0.95, min {raw.min():.3f}"
+            + (
+                "; below: "
+                + ", ".join(f"{g} {v:.4f}" for g, v in zip(df["group"], raw, strict=True) if v < 0.95)
+                if raw.min() < 0.95
+                else ""
+            )
+            + ")."
+        )
+    floor = ", ".join(
+        f"{pd.DataFrame(results[k]['knn'])['knn AE reconstruction (decoder mean)'].mean():.3f} in "
+        f"`{_variant_args(results[k]['info'])}`"
+        for k in keys
+        if "knn AE reconstruction (decoder mean)" in results[k]["knn"][0]
+        and results[k]["info"].get("ae_likelihood", "mse") == "mse"
+    )
+    if met:
+        out += [
+            "",
+            f"So (a) is met, held out and cross-fitted, by {len(met)} of the {len(keys)} runs: "
+            + ", ".join(f"`{_variant_args(results[k]['info'])}`" for k in met)
+            + ". The step-matched 2-fold setting was specified before it ran and meets it with both fold assignments "
+            "tried, the second narrowly on kNN (see its worst fold). The 3- and 5-fold runs (specified as above, "
+            "3,000 steps each) miss only the Pearson of the smallest groups, whose held-out means (17–18 and 10–14 "
+            "cells) are too noisy for 0.95; in both, the real cells of the other folds miss it too. With the default (mean) decoder the kNN accuracy of the generator cannot be expected to go below "
+            f"that of the autoencoder's own reconstruction of the held-out cells ({floor}), and "
+            "generated cells have far fewer exact zeros than real ones; the count decoder fixes the zeros but, on these "
+            "data, not the kNN accuracy.",
+        ]
+    return out
+
+
+def _variant_args(info) -> str:
+    """Command-line arguments of a cross-fitted (part f) run, from its saved info."""
+    out = ["--parts f", f"--epochs {info['epochs']}"]
+    if info["n_folds"] != 5:
+        out.append(f"--folds {info['n_folds']}")
+    if info.get("ema_decay"):
+        out.append(f"--ema {info['ema_decay']:g}")
+    if info.get("ae_likelihood", "mse") != "mse":
+        out.append(
+            f"--ae-likelihood {info['ae_likelihood']}"
+            + (
+                ""
+                if info.get("nb_init")
+                else " (code before the data-scale init)"
+                if info.get("nb_noise_ml")
+                else " (code before the noise refit)"
+            )
+        )
+    if info.get("cv_seed", 2) != 2:
+        out.append(f"--cv-seed {info['cv_seed']}")
+    return " ".join(out)
 
 
 def report(results, args):
     from _report import machine, write_section
 
+    ep = results.get("kang_train", {}).get("epochs", 300)
     lines = [
         "## ScoreDiffusion (scIDiff, issue 6)",
         "",
-        f"Commands: `OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 python benchmarks/diffusion.py --epochs {args.epochs} --c-epochs "
-        f"{args.c_epochs} --parts abcdf --tune-c` plus the variants `... --parts f --ema 0.999`, `... --parts f --folds 2 "
-        "--ema 0.999` and `... --parts c --tune-c --c-ema 0.999` (accuracy), then `flock /tmp/scp_timing.lock python benchmarks/diffusion.py --epochs "
-        f"{args.epochs} --parts e` (speed) — {machine()}. Kang 2018 PBMC "
+        f"Commands: `OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 python benchmarks/diffusion.py --epochs {ep} --c-epochs "
+        f"{results.get('c_epochs', 120)} --parts abcdf --tune-c` plus the variants "
+        + ", ".join(
+            f"`... {_variant_args(results[k]['info'])}`"
+            for k in sorted(
+                (k for k in results if k.startswith("a_cv") and k != "a_cv"),
+                key=lambda v: list(VARIANT_NOTES).index(v) if v in VARIANT_NOTES else 99,
+            )
+        )
+        + " and `... --parts c --tune-c --c-ema 0.999` (accuracy), then `flock /tmp/scp_timing.lock python "
+        f"benchmarks/diffusion.py --epochs {ep} --parts e` (speed); the section is rewritten from the saved results by "
+        f"`python benchmarks/diffusion.py --parts r` — {machine()}. Kang 2018 PBMC "
         "(`kang18_ifnb_pbmc_valid.h5ad`, 2,000 HVGs incl. the design genes); cells of each (cell_type, condition) "
         "split 80/20 train/test, stimulated CD4T held out of training entirely. Model: latent space "
         "(autoencoder 2,000→256→32 trained first, as in scDiffusion), residual MLP score network 256×3, cosine "
@@ -697,6 +908,14 @@ def report(results, args):
     variants = {k: v for k, v in results.items() if k.startswith("a_cv")}
     if "a_cv" in results and len(variants) > 1:
         lines += _report_a_cv_variants(variants)
+    if A_DETAIL in results:
+        lines += _report_a_cv(
+            results[A_DETAIL],
+            heading="### (a) Conditional generation, 2-fold cross-fitted, 500 epochs (same optimizer steps), EMA 0.999",
+            intro="The run of the variants table specified beforehand to compare 2 and 5 folds at the same number of "
+            "optimizer steps, in full (each held-out group has at least 26 cells per fold).",
+        )
+        lines += _a_verdict(results)
     if "b" in results:
         df = pd.DataFrame(results["b"]["table"])
         lines += [

@@ -486,3 +486,104 @@ def test_ema_of_weights_is_used_after_training():
     assert any(not torch.allclose(p, q) for p, q in zip(final, seen[-1], strict=True))  # not the last weights
     with pytest.raises(ValueError, match="ema_decay"):
         m.train(max_epochs=1, logger=None, enable_checkpointing=False, ema_decay=1.5)
+
+
+# ---------------------------------------------------------------------------- count (NB) observation model
+def test_nb_log_prob_matches_torch_negative_binomial():
+    from scpredict.module._score_net import nb_log_prob
+
+    c = torch.tensor([0.0, 1.0, 3.0, 10.0, 0.0])
+    mu = torch.tensor([0.5, 2.0, 3.0, 4.0, 20.0])
+    theta = torch.tensor([1.0, 0.3, 5.0, 2.0, 0.7])
+    ref = torch.distributions.NegativeBinomial(total_count=theta, logits=torch.log(mu / theta)).log_prob(c)
+    torch.testing.assert_close(nb_log_prob(c, mu, theta), ref, atol=1e-4, rtol=1e-4)
+
+
+def _count_data(n_cells=240, n_genes=30):
+    """Sparse counts (binomially thinned to 1%) as log1p(counts / library * 1e4), with conditions."""
+    import anndata as ad
+
+    import scpredict as sp
+
+    a = sp.datasets.synthetic_perturbation(
+        n_cells=n_cells, n_genes=n_genes, n_perturbations=2, n_combinations=0, n_cell_lines=2, seed=1
+    )
+    c = a.layers["counts"]
+    c = np.asarray(c.toarray() if hasattr(c, "toarray") else c).astype(np.int64)
+    t = np.random.default_rng(0).binomial(c, 0.01)
+    keep = (t == 1).any(1)  # a one-molecule gene in every cell: the scale s is recovered exactly
+    t = t[keep]
+    x = np.log1p(t / t.sum(1, keepdims=True) * 1e4).astype(np.float32)
+    b = ad.AnnData(x, obs=a.obs[keep].copy())
+    b.var_names = a.var_names
+    sp.models.ScoreDiffusion.setup_anndata(b, condition_keys=["cell_line", "perturbation"])
+    return b, t
+
+
+def test_nb_counts_recovered_and_input_checked():
+    import scpredict as sp
+    from scpredict.module._score_net import ExpressionAutoencoder
+
+    b, t = _count_data(n_cells=120)
+    c, lib, tot = ExpressionAutoencoder.counts_from_lognorm(torch.as_tensor(b.X))
+    np.testing.assert_array_equal(c.numpy(), t)
+    np.testing.assert_allclose(lib.numpy(), t.sum(1))
+    np.testing.assert_allclose(tot.numpy(), np.expm1(b.X.astype(np.float64)).sum(1), rtol=1e-4)
+    with pytest.raises(ValueError, match="space='latent'"):
+        sp.models.ScoreDiffusion(b, space="expression", ae_likelihood="nb")
+    b.X = b.X * 1.3 + 0.05  # not log1p of whole molecules any more
+    m = sp.models.ScoreDiffusion(b, space="latent", n_latent=4, ae_hidden=16, n_hidden=16, ae_likelihood="nb")
+    with pytest.raises(ValueError, match="log1p-normalized counts"):
+        m.train(max_epochs=1, ae_epochs=1, logger=None, enable_checkpointing=False)
+
+
+def test_nb_decoder_generates_cells_with_measurement_noise(tmp_path):
+    """With ae_likelihood='nb', generated cells are log-normalized draws of counts: the fraction of zeros and
+    the per-gene variance match the real cells, which the decoder's mean (observation='mean') does not."""
+    import scpredict as sp
+
+    b, _ = _count_data()
+    m = sp.models.ScoreDiffusion(b, space="latent", n_latent=6, ae_hidden=32, ae_likelihood="nb", n_hidden=64,
+                                 n_layers=2, n_emb=16, n_steps=100)  # fmt: skip
+    m.train(max_epochs=20, ae_epochs=50, batch_size=32, lr=5e-3, logger=None, enable_checkpointing=False)
+    assert "autoencoder_train_nll" in m.history
+    # the noise parameters sit at their maximum likelihood given the decoder (not at their initial values)
+    from scpredict.module._score_net import nb_log_prob
+
+    ae = m.module.autoencoder.eval()
+    xt = torch.as_tensor(b.X)
+    with torch.no_grad():
+        c, lib, tot = ae.counts_from_lognorm(xt)
+        h = ae.encoder(xt)
+        r = torch.stack([lib.log(), tot.log()], 1) - ae.depth_head(h)
+        chol = ae._chol()
+        torch.testing.assert_close(chol @ chol.T, r.T @ r / len(r), atol=1e-4, rtol=1e-3)
+        mu = lib[:, None] * torch.softmax(ae.decoder(h), -1)
+        ll = lambda f: nb_log_prob(c, mu, (ae.log_theta.exp() * f)[None, :]).sum(0)  # noqa: E731
+        # near-Poisson genes have a flat likelihood in theta: within 1 nat (over all cells) of theta x 2 or / 2
+        assert (ll(1.0) >= ll(2.0) - 1.0).float().mean() > 0.9
+        assert (ll(1.0) >= ll(0.5) - 1.0).float().mean() > 0.9
+    real = np.asarray(b.X)
+    # the likelihood itself: the cells' own latents, decoded by drawing counts vs by the decoder's mean
+    with torch.no_grad():
+        y = m.module.to_diffusion(xt)
+        drawn = m.module.sample_observation(y, np.random.default_rng(0)).numpy()
+        mean = m.module.from_diffusion(y).numpy()
+    assert abs((drawn == 0).mean() - (real == 0).mean()) < 0.04
+    assert (mean == 0).mean() < 0.01  # the smooth decoder output has no zeros
+    ratio = drawn.var(0).mean() / real.var(0).mean()
+    assert 0.7 < ratio < 1.4 and mean.var(0).mean() / real.var(0).mean() < 0.7
+    # generation draws from it by default
+    g = m.generate(600, seed=0)
+    assert g.uns["generate"]["observation"] == "sample"
+    assert abs((g.X == 0).mean() - (real == 0).mean()) < 0.1
+    assert (m.generate(600, seed=0, observation="mean").X == 0).mean() < 0.01
+    assert sp.metrics.pearson_of_means(real, g.X) > 0.95
+    m.save(tmp_path / "nb", overwrite=True)
+    m2 = sp.models.ScoreDiffusion.load(tmp_path / "nb", adata=b)
+    np.testing.assert_allclose(m2.generate(50, seed=3).X, m.generate(50, seed=3).X)
+    plain = sp.models.ScoreDiffusion(_data(n_cells=80, n_genes=12), space="latent", n_latent=4, ae_hidden=16)
+    with pytest.raises(ValueError, match="ae_likelihood='nb'"):
+        plain.generate(5, observation="sample")
+    with pytest.raises(ValueError, match="observation"):
+        m.generate(5, observation="noisy")

@@ -35,7 +35,7 @@ def run(out_dir: Path, report: dict) -> None:
                 {"n_estimators": 20, "max_depth": 3, "colsample_bytree": 0.3, "n_jobs": 1},
             ),
             "Linear": ("LinearClassifier", {}, {"max_epochs": 20, **fast}),
-            "TabNet": ("TabNetClassifier", {"n_d": 32, "n_a": 32}, {"max_epochs": 15, **fast}),
+            "TabNet": ("TabNetClassifier", {"n_d": 32, "n_a": 32}, {"max_epochs": 40, **fast}),
             "SCORE": (
                 "ScoreClassifier",
                 {"n_hidden": 64, "n_eval_timesteps": 10},

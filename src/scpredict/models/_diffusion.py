@@ -63,6 +63,15 @@ class ScoreDiffusion(PerturbationModel):
         Dropout inside the residual blocks.
     ae_hidden
         Hidden width of the autoencoder (``space="latent"``).
+    ae_likelihood
+        Observation model of the autoencoder (``space="latent"``). ``"mse"`` (default): the decoder gives
+        the mean expression of a latent (scDiffusion), so generated cells lack per-cell measurement noise.
+        ``"nb"``: a negative-binomial count likelihood with library size (as in scVI), needs log1p-normalized
+        counts (``log1p(counts * s)`` per cell, checked in :meth:`train`); :meth:`generate` then draws counts
+        from it and returns their log-normalized values (``observation="sample"``). The gene dispersions and
+        the covariance of the cell totals are set to their maximum-likelihood values given the decoder at the
+        end of the autoencoder stage (the output layers start at the data's mean profile and totals). See
+        ``ExpressionAutoencoder`` in ``scpredict.module._score_net``.
 
     Examples
     --------
@@ -88,7 +97,12 @@ class ScoreDiffusion(PerturbationModel):
         cond_dropout: float = 0.1,
         dropout: float = 0.0,
         ae_hidden: int = 512,
+        ae_likelihood: Literal["mse", "nb"] = "mse",
     ) -> None:
+        if ae_likelihood not in ("mse", "nb"):
+            raise ValueError(f"ae_likelihood must be 'mse' or 'nb', got {ae_likelihood!r}.")
+        if ae_likelihood == "nb" and space != "latent":
+            raise ValueError("ae_likelihood='nb' needs space='latent'.")
         super().__init__(
             adata,
             space=space,
@@ -101,6 +115,7 @@ class ScoreDiffusion(PerturbationModel):
             cond_dropout=cond_dropout,
             dropout=dropout,
             ae_hidden=ae_hidden,
+            ae_likelihood=ae_likelihood,
         )
         self.module = self._build_module()
 
@@ -256,6 +271,9 @@ class ScoreDiffusion(PerturbationModel):
         idx = kwargs.get("train_indices")
         x = self._expression(self.adata)
         x = x if idx is None else x[np.asarray(idx, dtype=np.int64)]
+        if m.autoencoder is not None and m.autoencoder.likelihood == "nb":
+            _check_counts(x)
+            m.autoencoder.init_from_data(torch.as_tensor(x, dtype=torch.float32))
         mean, std = x.mean(0), x.std(0)
         m.data_mean.copy_(torch.as_tensor(mean, dtype=torch.float32))
         m.data_std.copy_(torch.as_tensor(np.maximum(std, 0.05), dtype=torch.float32))
@@ -270,6 +288,8 @@ class ScoreDiffusion(PerturbationModel):
                 z = m.autoencoder.encoder(torch.as_tensor(x, dtype=torch.float32))
                 m.autoencoder.latent_mean.copy_(z.mean(0))
                 m.autoencoder.latent_std.copy_(z.std(0).clamp(min=1e-3))
+            if m.autoencoder.likelihood == "nb":  # dispersions and depth covariance at their ML values
+                m.autoencoder.fit_observation_noise(torch.as_tensor(x, dtype=torch.float32))
         with torch.no_grad():
             y = m.to_diffusion(torch.as_tensor(x, dtype=torch.float32))
             lo, hi = y.min(0).values, y.max(0).values
@@ -342,9 +362,14 @@ class ScoreDiffusion(PerturbationModel):
     def _sample(
         self, cond: torch.Tensor, *, method: Method, n_steps: int, guidance_scale: float, eta: float = 0.0,
         generator: torch.Generator, batch_size: int = 1024, y_start: torch.Tensor | None = None,
-        t_start: int | None = None,
+        t_start: int | None = None, observation: bool = False,
     ) -> np.ndarray:  # fmt: skip
         m = self.module.eval()
+        rng = (
+            np.random.default_rng(int(torch.randint(2**31 - 1, (1,), generator=generator)))
+            if observation
+            else None
+        )
         out = []
         for s in range(0, len(cond), batch_size):
             c = cond[s : s + batch_size]
@@ -357,7 +382,7 @@ class ScoreDiffusion(PerturbationModel):
                 m.guided_eps(c, guidance_scale), m.schedule, y, method=method, n_steps=n_steps, t_start=t_start,
                 eta=eta, generator=generator, clip_x0=m.clip_range,
             )  # fmt: skip
-            out.append(m.from_diffusion(y).clamp(min=0))
+            out.append(m.sample_observation(y, rng) if observation else m.from_diffusion(y).clamp(min=0))
         return torch.cat(out).numpy() if out else np.zeros((0, self.n_vars), dtype=np.float32)
 
     @torch.no_grad()
@@ -394,6 +419,7 @@ class ScoreDiffusion(PerturbationModel):
         guidance_scale: float = 1.0,
         eta: float = 0.0,
         seed: int | None = None,
+        observation: Literal["mean", "sample"] | None = None,
     ) -> AnnData:
         """Generate ``n`` cells under the given conditions.
 
@@ -414,12 +440,22 @@ class ScoreDiffusion(PerturbationModel):
             DDIM stochasticity.
         seed
             Random seed (default ``sp.settings.seed``).
+        observation
+            ``"mean"``: the decoder's expression of each generated latent (no measurement noise);
+            ``"sample"``: draw the observed cell from the count likelihood (needs ``ae_likelihood="nb"``).
+            ``None``: ``"sample"`` for an ``ae_likelihood="nb"`` model, ``"mean"`` otherwise.
 
         Returns
         -------
         AnnData: ``X`` generated log-normalized expression (n, n_vars), ``obs`` the conditions, ``var`` the
         model's genes, ``uns['generate']`` the sampling parameters.
         """
+        nb = self.init_params_.get("ae_likelihood", "mse") == "nb"
+        observation = ("sample" if nb else "mean") if observation is None else observation
+        if observation not in ("mean", "sample"):
+            raise ValueError(f"observation must be 'mean' or 'sample', got {observation!r}.")
+        if observation == "sample" and not nb:
+            raise ValueError("observation='sample' needs a model with ae_likelihood='nb'.")
         self._check_trained()
         table = self._condition_table(conditions, n)
         cond = self._codes(table)
@@ -430,10 +466,12 @@ class ScoreDiffusion(PerturbationModel):
             guidance_scale=guidance_scale,
             eta=eta,
             generator=self._generator(seed),
+            observation=observation == "sample",
         )
         obs = table.astype(str).astype("category")
         obs.index = pd.Index([f"generated-{i}" for i in range(n)])
-        params = {"method": method, "n_steps": n_steps, "guidance_scale": guidance_scale, "eta": eta}
+        params = {"method": method, "n_steps": n_steps, "guidance_scale": guidance_scale, "eta": eta,
+                  "observation": observation}  # fmt: skip
         return AnnData(
             X=x, obs=obs, var=pd.DataFrame(index=pd.Index(self.var_names_)), uns={"generate": params}
         )
@@ -802,6 +840,21 @@ def _target_values(kind: str, values: np.ndarray) -> list[Any]:
     if kind == "phenotype":
         return ["up" if v > 0 else "down" for v in values]
     return [float(v) for v in values]
+
+
+def _check_counts(x: np.ndarray, *, tol: float = 0.05) -> None:
+    """Raise unless every cell is ``log1p(counts * s)``: ``expm1(x) / s`` with ``s`` the cell's smallest non-zero
+    ``expm1(x)`` (one molecule) must be whole numbers (``ae_likelihood="nb"`` recovers the counts this way)."""
+    e = np.expm1(np.clip(np.asarray(x, dtype=np.float64), 0, None))
+    s = np.where(e > 0, e, np.inf).min(1, keepdims=True)
+    s = np.where(np.isfinite(s), s, 1.0)
+    c = e / s
+    bad = (np.abs(c - np.round(c)) > tol + 1e-5 * c).any(1)  # float32 rounding grows with the count
+    if bad.any():
+        raise ValueError(
+            f"ae_likelihood='nb' needs log1p-normalized counts (log1p(counts * s) per cell); {int(bad.sum())} of "
+            f"{len(x)} cells are not whole numbers of their smallest non-zero value."
+        )
 
 
 def combine_with_observation(

@@ -27,7 +27,7 @@ from torch import Tensor, nn
 from ..nn._diffusion import NoiseSchedule
 from ..train._plan import LossOutput
 
-__all__ = ["ExpressionAutoencoder", "ScoreDiffusionModule", "ScoreNet", "sinusoidal_embedding"]
+__all__ = ["ExpressionAutoencoder", "ScoreDiffusionModule", "ScoreNet", "nb_log_prob", "sinusoidal_embedding"]
 
 
 def sinusoidal_embedding(t: Tensor, dim: int, *, max_period: float = 10000.0) -> Tensor:
@@ -188,6 +188,32 @@ class ScoreNet(nn.Module):
         return self.out(F.silu(self.out_norm(h)))
 
 
+def nb_log_prob(c: Tensor, mu: Tensor, theta: Tensor, *, eps: float = 1e-8) -> Tensor:
+    """Log-probability of counts under a negative binomial with mean ``mu`` and inverse dispersion ``theta``
+    (variance ``mu + mu^2 / theta``; the parametrisation of scVI, Lopez et al. 2018).
+
+    Parameters
+    ----------
+    c
+        Counts.
+    mu
+        Means (broadcast with ``c``).
+    theta
+        Inverse dispersions (broadcast with ``c``).
+    eps
+        Numerical floor inside the logarithms.
+
+    Returns
+    -------
+    Element-wise log-probabilities.
+    """
+    log_theta_mu = torch.log(theta + mu + eps)
+    return (
+        torch.lgamma(c + theta) - torch.lgamma(theta) - torch.lgamma(c + 1)
+        + theta * (torch.log(theta + eps) - log_theta_mu) + c * (torch.log(mu + eps) - log_theta_mu)
+    )  # fmt: skip
+
+
 class ExpressionAutoencoder(nn.Module):
     """MLP autoencoder for latent diffusion (as in scDiffusion).
 
@@ -203,6 +229,17 @@ class ExpressionAutoencoder(nn.Module):
         Hidden layers in the encoder (and in the decoder).
     dropout
         Dropout on the encoder input (a denoising autoencoder).
+    likelihood
+        Observation model of the decoder. ``"mse"``: the decoder outputs log-normalised expression, trained
+        by mean squared error (scDiffusion); decoding gives a smooth conditional mean without per-cell
+        measurement noise. ``"nb"``: a count likelihood, as in scVI (Lopez et al. 2018). The input must be
+        log1p of counts times a per-cell size factor (checked), so each cell's counts ``c`` and its one-molecule
+        scale ``s`` (smallest non-zero value) are recovered exactly. The decoder gives gene proportions
+        ``p(z)`` (softmax) and ``c ~ NB(l p, theta_g)`` with a learned inverse dispersion per gene. The cell's
+        count total ``l`` and normalised total ``T = s l`` get a bivariate log-normal whose mean depends on
+        ``z`` (Cholesky factor shared). :meth:`sample` draws ``(l, T)``, the counts and ``log1p(c T / l)``, so
+        generated cells carry realistic measurement noise and zeros. :meth:`decode` gives the plug-in
+        ``log1p(p T)`` at the predicted median totals.
     """
 
     def __init__(
@@ -213,8 +250,12 @@ class ExpressionAutoencoder(nn.Module):
         n_hidden: int = 512,
         n_layers: int = 2,
         dropout: float = 0.1,
+        likelihood: Literal["mse", "nb"] = "mse",
     ) -> None:
         super().__init__()
+        if likelihood not in ("mse", "nb"):
+            raise ValueError(f"likelihood must be 'mse' or 'nb', got {likelihood!r}.")
+        self.likelihood = likelihood
 
         def mlp(n_in: int, n_out: int) -> nn.Sequential:
             layers: list[nn.Module] = []
@@ -230,6 +271,150 @@ class ExpressionAutoencoder(nn.Module):
         self.decoder = mlp(n_latent, n_input)
         self.register_buffer("latent_mean", torch.zeros(n_latent))
         self.register_buffer("latent_std", torch.ones(n_latent))
+        if likelihood == "nb":
+            self.log_theta = nn.Parameter(torch.zeros(n_input))
+            self.depth_head = nn.Sequential(nn.Linear(n_latent, 64), nn.SiLU(), nn.Linear(64, 2))
+            self.depth_log_sd = nn.Parameter(torch.zeros(2))
+            self.depth_offdiag = nn.Parameter(torch.zeros(1))
+
+    @staticmethod
+    def counts_from_lognorm(x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """Counts, count total and normalised total of log1p-normalised cells.
+
+        Parameters
+        ----------
+        x
+            ``(batch, n_input)`` ``log1p(c * s)`` with a per-cell scale ``s``.
+
+        Returns
+        -------
+        ``(c, l, T)``: rounded counts ``(batch, n_input)``, ``l = sum c`` and ``T = sum expm1(x)`` (both
+        ``(batch,)``, at least one molecule). ``s`` is the smallest non-zero ``expm1(x)`` of the cell.
+        """
+        e = torch.expm1(x.clamp(min=0))
+        s = torch.where(x > 0, e, torch.full_like(e, float("inf"))).min(1, keepdim=True).values
+        s = torch.where(torch.isfinite(s), s, torch.ones_like(s))
+        c = torch.round(e / s)
+        return c, c.sum(1).clamp(min=1.0), torch.maximum(e.sum(1), s.squeeze(1))
+
+    def _chol(self) -> Tensor:
+        sd = self.depth_log_sd.exp()
+        return torch.stack(
+            [torch.stack([sd[0], sd.new_zeros(())]), torch.stack([self.depth_offdiag[0], sd[1]])]
+        )
+
+    def _nb_params(self, z: Tensor) -> tuple[Tensor, Tensor]:
+        h = z * self.latent_std + self.latent_mean
+        return torch.softmax(self.decoder(h), dim=-1), self.depth_head(h)
+
+    @torch.no_grad()
+    def init_from_data(self, x: Tensor) -> None:
+        """Start the ``"nb"`` output layers at the data's scale before training.
+
+        The decoder's output bias is set to the log of each gene's share of all counts and the depth head's
+        output bias to the mean ``(log l, log T)``. From zero, these intercepts (around -8 and +6 here) would
+        take thousands of steps at the networks' learning rate to reach (the usual initialisation of count
+        decoders at the mean profile).
+
+        Parameters
+        ----------
+        x
+            ``(n, n_input)`` log-normalised training cells.
+
+        Returns
+        -------
+        ``None``; sets the output biases of ``decoder`` and ``depth_head``.
+        """
+        if self.likelihood != "nb":
+            raise ValueError("init_from_data needs likelihood='nb'.")
+        c, lib, tot = self.counts_from_lognorm(x)
+        share = c.sum(0) / c.sum().clamp(min=1.0)
+        self.decoder[-1].bias.copy_(torch.log(share + 1e-8))
+        self.depth_head[-1].bias.copy_(torch.stack([lib.log().mean(), tot.log().mean()]))
+
+    @torch.no_grad()
+    def fit_observation_noise(self, x: Tensor, *, n_iter: int = 300, max_cells: int = 5000) -> None:
+        """Maximum-likelihood noise parameters of the ``"nb"`` likelihood given the trained decoder.
+
+        The gene dispersions and the depth covariance are global parameters. Trained jointly with the
+        networks at the networks' learning rate, they move by about ``lr`` per step and stay near their
+        initial values (``theta = 1``, unit standard deviations) long after the means have converged. Here
+        they are set to their maximum-likelihood values with the decoder held fixed. The intercept and the
+        covariance of the depth model are the mean and the covariance of the ``(log l, log T)`` residuals
+        (closed form). ``log theta`` per gene
+        is fitted by full-batch Adam on the NB log-likelihood of the counts. This is the usual two-step
+        estimate: means first, then dispersions given the means, as in edgeR and DESeq2.
+
+        Parameters
+        ----------
+        x
+            ``(n, n_input)`` log-normalised training cells (at most ``max_cells`` are used, evenly spaced).
+        n_iter
+            Adam steps (learning rate 0.05) for ``log theta``.
+        max_cells
+            Cap on the cells used.
+
+        Returns
+        -------
+        ``None``; sets ``log_theta``, ``depth_log_sd``, ``depth_offdiag`` and the depth head's output bias.
+        """
+        if self.likelihood != "nb":
+            raise ValueError("fit_observation_noise needs likelihood='nb'.")
+        if len(x) > max_cells:
+            x = x[torch.linspace(0, len(x) - 1, max_cells).long()]
+        was_training = self.training
+        self.eval()
+        c, lib, tot = self.counts_from_lognorm(x)
+        h = self.encoder(x)
+        mu = lib[:, None] * torch.softmax(self.decoder(h), dim=-1)
+        r = torch.stack([lib.log(), tot.log()], dim=1) - self.depth_head(h)
+        self.depth_head[-1].bias.add_(
+            r.mean(0)
+        )  # the intercept at its ML value, then the covariance around it
+        r = r - r.mean(0)
+        cov = (r.T @ r) / len(r) + 1e-6 * torch.eye(2)
+        chol = torch.linalg.cholesky(cov)
+        self.depth_log_sd.copy_(chol.diagonal().log())
+        self.depth_offdiag.copy_(chol[1, 0].reshape(1))
+        log_theta = self.log_theta.detach().clone().requires_grad_(True)
+        opt = torch.optim.Adam([log_theta], lr=0.05)
+        with torch.enable_grad():
+            for _ in range(n_iter):
+                opt.zero_grad()
+                loss = -nb_log_prob(c, mu, log_theta.clamp(-6.0, 12.0).exp()[None, :]).mean()
+                loss.backward()
+                opt.step()
+        self.log_theta.copy_(log_theta.detach().clamp(-6.0, 12.0))
+        self.train(was_training)
+
+    def sample(self, z: Tensor, rng) -> Tensor:
+        """Draw observed cells from the likelihood (``"nb"``) given standardised latents.
+
+        Parameters
+        ----------
+        z
+            ``(batch, n_latent)``.
+        rng
+            ``numpy.random.Generator`` for the draws.
+
+        Returns
+        -------
+        ``(batch, n_input)`` log-normalised expression ``log1p(c T / l)`` with ``c ~ NB(l p(z), theta)``
+        and ``(log l, log T)`` drawn from their log-normal given ``z``.
+        """
+        import numpy as np
+
+        if self.likelihood != "nb":
+            raise ValueError("sampling observations needs likelihood='nb'.")
+        p, m = self._nb_params(z)
+        eps = torch.as_tensor(rng.standard_normal((len(z), 2)), dtype=z.dtype)
+        ld = m + eps @ self._chol().T
+        lib, tot = ld[:, 0].exp(), ld[:, 1].exp()
+        mu = (lib[:, None] * p).double().numpy()
+        theta = self.log_theta.exp().double().numpy()[None, :]
+        counts = rng.poisson(rng.gamma(theta, np.maximum(mu, 1e-12) / theta))
+        scale = (tot / lib).double().numpy()[:, None]
+        return torch.as_tensor(np.log1p(counts * scale), dtype=z.dtype)
 
     def encode(self, x: Tensor) -> Tensor:
         """Standardised latent of ``x`` (the diffusion operates on it).
@@ -255,12 +440,16 @@ class ExpressionAutoencoder(nn.Module):
 
         Returns
         -------
-        ``(batch, n_input)`` reconstruction.
+        ``(batch, n_input)`` reconstruction (``"nb"``: ``log1p(p T)``, ``T`` at its predicted median).
         """
+        if self.likelihood == "nb":
+            p, m = self._nb_params(z)
+            return torch.log1p(p * m[:, 1:2].exp())
         return self.decoder(z * self.latent_std + self.latent_mean)
 
     def loss(self, x: Tensor) -> Tensor:
-        """Mean squared reconstruction error with input dropout.
+        """Reconstruction loss with input dropout: mean squared error (``"mse"``), or the negative
+        log-likelihood of the counts and the two totals per cell, divided by the number of genes (``"nb"``).
 
         Parameters
         ----------
@@ -271,7 +460,19 @@ class ExpressionAutoencoder(nn.Module):
         -------
         Scalar loss.
         """
-        return F.mse_loss(self.decoder(self.encoder(self.input_dropout(x))), x)
+        h = self.encoder(self.input_dropout(x))
+        if self.likelihood == "mse":
+            return F.mse_loss(self.decoder(h), x)
+        c, lib, tot = self.counts_from_lognorm(x)
+        p, m = torch.softmax(self.decoder(h), dim=-1), self.depth_head(h)
+        mu = lib[:, None] * p
+        nb = nb_log_prob(c, mu, self.log_theta.exp()[None, :])
+        r = torch.stack([lib.log(), tot.log()], dim=1) - m
+        chol = self._chol()
+        r1 = r[:, 0] / chol[0, 0]
+        r2 = (r[:, 1] - chol[1, 0] * r1) / chol[1, 1]
+        depth_nll = 0.5 * (r1**2 + r2**2) + self.depth_log_sd.sum()
+        return (depth_nll - nb.sum(1)).mean() / x.shape[1]
 
 
 class ScoreDiffusionModule(nn.Module):
@@ -300,6 +501,8 @@ class ScoreDiffusionModule(nn.Module):
         Passed to :class:`ScoreNet`.
     ae_hidden
         Width of the autoencoder.
+    ae_likelihood
+        Observation model of the autoencoder (:class:`ExpressionAutoencoder` ``likelihood``).
     """
 
     def __init__(
@@ -318,6 +521,7 @@ class ScoreDiffusionModule(nn.Module):
         dropout: float = 0.0,
         cond_dropout: float = 0.1,
         ae_hidden: int = 512,
+        ae_likelihood: Literal["mse", "nb"] = "mse",
     ) -> None:
         super().__init__()
         if space not in ("expression", "latent"):
@@ -329,8 +533,12 @@ class ScoreDiffusionModule(nn.Module):
             raise ValueError("cond_keys and n_cats_per_field must have the same length.")
         self.schedule = NoiseSchedule(n_steps, kind=schedule)
         self.autoencoder = (
-            ExpressionAutoencoder(n_input, n_latent, n_hidden=ae_hidden) if space == "latent" else None
+            ExpressionAutoencoder(n_input, n_latent, n_hidden=ae_hidden, likelihood=ae_likelihood)
+            if space == "latent"
+            else None
         )
+        if ae_likelihood != "mse" and space != "latent":
+            raise ValueError("ae_likelihood applies to space='latent' only.")
         n_diff = n_latent if space == "latent" else n_input
         self.net = ScoreNet(
             n_diff,
@@ -408,6 +616,24 @@ class ScoreDiffusionModule(nn.Module):
             return self.autoencoder.decode(y)
         return y * self.data_std + self.data_mean
 
+    def sample_observation(self, y: Tensor, rng) -> Tensor:
+        """Draw observed cells (with measurement noise) from the diffused variable (``ae_likelihood="nb"``).
+
+        Parameters
+        ----------
+        y
+            ``(batch, n_diffusion)``.
+        rng
+            ``numpy.random.Generator``.
+
+        Returns
+        -------
+        ``(batch, n_input)`` log-normalised expression.
+        """
+        if self.autoencoder is None or self.autoencoder.likelihood != "nb":
+            raise ValueError("observation sampling needs space='latent' with ae_likelihood='nb'.")
+        return self.autoencoder.sample(y, rng)
+
     # ---------------------------------------------------------------- training
     def loss(
         self, batch: dict[str, Tensor], *, stage: Literal["score", "autoencoder"] = "score"
@@ -430,7 +656,8 @@ class ScoreDiffusionModule(nn.Module):
             if self.autoencoder is None:
                 raise ValueError("stage='autoencoder' needs space='latent'.")
             mse = self.autoencoder.loss(x)
-            return LossOutput(loss=mse, metrics={"mse": mse.detach()}, n_obs=x.shape[0])
+            name = "mse" if self.autoencoder.likelihood == "mse" else "nll"
+            return LossOutput(loss=mse, metrics={name: mse.detach()}, n_obs=x.shape[0])
         mse = self.score_loss(x, self.conditions(batch))
         return LossOutput(loss=mse, metrics={"mse": mse.detach()}, n_obs=x.shape[0])
 
