@@ -280,7 +280,6 @@ class ContextCycleAE(BaseModel):
             "classifier_lr": classifier_lr,
             "loss_weights": dict(loss_weights or {}),
         } | dict(plan_kwargs or {})
-        self.module.train()
         stream_kwargs = {
             "batch_size": batch_size,
             "num_workers": num_workers,

@@ -296,7 +296,6 @@ class ScoreDiffusion(PerturbationModel):
             margin = 0.1 * (hi - lo) + 1e-3
             m.clip_low.copy_(lo - margin)
             m.clip_high.copy_(hi + margin)
-        m.train()  # the autoencoder stage leaves the module in eval mode
         if ema_decay is not None:
             if not 0.0 < ema_decay < 1.0:
                 raise ValueError(f"ema_decay must be in (0, 1), got {ema_decay}.")

@@ -415,7 +415,6 @@ class DrugResponseTransformer(BaseModel):
             msg = "This model was loaded without its training AnnData; pass adata= to load()."
             raise ValueError(msg)
         treated = np.nonzero(~self._is_control(self.adata))[0]
-        self.module.train()  # the base leaves the module in eval mode after a previous train()
         if train_indices is None:
             rng = np.random.default_rng(settings.seed)
             perm = rng.permutation(treated)

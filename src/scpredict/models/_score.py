@@ -357,7 +357,6 @@ class ScoreClassifier(ClassifierMixin, BaseModel):
         self.module.score.set_standardization(
             torch.from_numpy(emb[tr].mean(axis=0)), torch.from_numpy(np.where(std > 0, std, 1.0))
         )
-        self.module.train()  # the base leaves the module in eval mode after the encoder stage
         super().train(
             max_epochs=max_epochs,
             lr=lr,

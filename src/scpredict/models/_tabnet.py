@@ -307,8 +307,6 @@ class TabNetClassifier(ClassifierMixin, BaseModel):
             from ..train import WeightEMA
 
             kwargs["callbacks"] = [*kwargs.get("callbacks", []), WeightEMA(ema_decay, warmup=True)]
-        # Lightning keeps the modules' train/eval state; a model trained (or pretrained) before is in eval mode
-        self.module.train()
         super().train(
             max_epochs=max_epochs,
             batch_size=batch_size,
@@ -413,7 +411,6 @@ class TabNetClassifier(ClassifierMixin, BaseModel):
         saved = {k: getattr(self, k, None) for k in ("history_", "is_trained_", "train_params_", "trainer_")}
         has_val = len(val_idx) > 0
         early_stopping = bool(kwargs.pop("early_stopping", True)) and has_val
-        self._pretrainer.train()  # Lightning keeps the modules' train/eval state
         try:
             BaseModel.train(
                 self,
@@ -432,7 +429,6 @@ class TabNetClassifier(ClassifierMixin, BaseModel):
             hist = {k: v.iloc[:, 0] for k, v in self.history_.items()}
         finally:
             self._pretrainer = None
-            module.train()  # as a new model, ready for train()
             for k, v in saved.items():
                 setattr(self, k, v)
         cols = ["train_reconstruction"] + (["validation_reconstruction"] if has_val else [])
