@@ -272,7 +272,7 @@ class ScoreDiffusion(PerturbationModel):
         x = self._expression(self.adata)
         x = x if idx is None else x[np.asarray(idx, dtype=np.int64)]
         if m.autoencoder is not None and m.autoencoder.likelihood == "nb":
-            _check_counts(x)
+            _check_counts(x, layer=self.setup_.layer)
             m.autoencoder.init_from_data(torch.as_tensor(x, dtype=torch.float32))
         mean, std = x.mean(0), x.std(0)
         m.data_mean.copy_(torch.as_tensor(mean, dtype=torch.float32))
@@ -841,7 +841,7 @@ def _target_values(kind: str, values: np.ndarray) -> list[Any]:
     return [float(v) for v in values]
 
 
-def _check_counts(x: np.ndarray, *, tol: float = 0.05) -> None:
+def _check_counts(x: np.ndarray, *, layer: str | None = None, tol: float = 0.05) -> None:
     """Raise unless every cell is ``log1p(counts * s)``: ``expm1(x) / s`` with ``s`` the cell's smallest non-zero
     ``expm1(x)`` (one molecule) must be whole numbers (``ae_likelihood="nb"`` recovers the counts this way)."""
     e = np.expm1(np.clip(np.asarray(x, dtype=np.float64), 0, None))
@@ -852,7 +852,10 @@ def _check_counts(x: np.ndarray, *, tol: float = 0.05) -> None:
     if bad.any():
         raise ValueError(
             f"ae_likelihood='nb' needs log1p-normalized counts (log1p(counts * s) per cell); {int(bad.sum())} of "
-            f"{len(x)} cells are not whole numbers of their smallest non-zero value."
+            f"{len(x)} cells are not whole numbers of their smallest non-zero value (data read from "
+            f"{'adata.X' if layer is None else f'adata.layers[{layer!r}]'}). Register log1p of normalized counts "
+            "in setup_anndata(layer=...) (e.g. sc.pp.normalize_total then sc.pp.log1p on raw counts), or use "
+            "ae_likelihood='mse'."
         )
 
 
