@@ -178,6 +178,21 @@ class CrossFittedLogRegEmbedding:
         return np.mean([m.decision_function(x) for m in self.models_], axis=0).astype(np.float32)
 
 
+def build_model(cls, data, init: dict, train_kw: dict, tr, va, *, embedding_key: str | None = None):
+    """Register ``data`` (log1p input, ``cell_type`` labels), build the model and its ``train`` keywords.
+
+    Models trained with Lightning get the validation cells and a quiet trainer; LogReg ignores validation.
+    """
+    cls.setup_anndata(data, labels_key="cell_type", scale="log1p", embedding_key=embedding_key)
+    model = cls(data, **init)
+    kw = {"train_indices": tr, **train_kw}
+    if cls.__name__ != "LogisticRegressionClassifier":
+        kw["validation_indices"] = va
+    if cls.__name__ not in ("LogisticRegressionClassifier", "XGBoostClassifier"):
+        kw.update(logger=None, enable_checkpointing=False, progress_bar="none")
+    return model, kw
+
+
 def run_dataset(
     name: str,
     *,
@@ -250,13 +265,7 @@ def run_dataset(
             test.obsm[emb_key] = pca.transform(test.X.toarray()).astype(np.float32)
             bulk_q = bulk[:n_bulk].copy()
             bulk_q.obsm[emb_key] = pca.transform(bulk_q.X.toarray()).astype(np.float32)
-        cls.setup_anndata(data, labels_key="cell_type", scale="log1p", embedding_key=emb_key)
-        model = cls(data, **init)
-        kw = {"train_indices": tr, **train_kw}
-        if cls_name != "LogisticRegressionClassifier":
-            kw["validation_indices"] = va
-        if cls_name not in ("LogisticRegressionClassifier", "XGBoostClassifier"):
-            kw.update(logger=None, enable_checkpointing=False, progress_bar="none")
+        model, kw = build_model(cls, data, init, train_kw, tr, va, embedding_key=emb_key)
         t0 = time.perf_counter()
         if label == "TabNet" and over.get("pretrain") is not None:  # self-supervised, training cells only
             pkw = {"validation_indices": va, **over["pretrain"], **({"max_epochs": 2} if quick else {})}

@@ -102,13 +102,7 @@ def run_seed(name: str, seed: int, *, quick: bool, state: dict, out: Path) -> No
             data.obsm[emb_key] = enc.fit_transform(fit.X, y_fit, tr).astype(np.float32)
             query = test.copy()
             query.obsm[emb_key] = enc.transform(test.X)
-        cls.setup_anndata(data, labels_key="cell_type", scale="log1p", embedding_key=emb_key)
-        model = cls(data, **init)
-        kw = {"train_indices": tr, **train_kw}
-        if cls_name != "LogisticRegressionClassifier":
-            kw["validation_indices"] = va
-        if cls_name not in ("LogisticRegressionClassifier", "XGBoostClassifier"):
-            kw.update(logger=None, enable_checkpointing=False, progress_bar="none")
+        model, kw = C.build_model(cls, data, init, train_kw, tr, va, embedding_key=emb_key)
         model.train(**kw)
         train_s = time.perf_counter() - t0
         classes = np.asarray(model.classes_)

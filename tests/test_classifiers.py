@@ -516,7 +516,13 @@ def test_score_classifier_with_internal_encoder_roundtrip(data, tmp_path):
     adata = data[0].copy()
     sp.models.ScoreClassifier.setup_anndata(adata, labels_key="cell_type")
     model = sp.models.ScoreClassifier(
-        adata, n_hidden=16, n_layers=1, n_eval_timesteps=4, n_noise=1, encoder_kwargs={"n_d": 8, "n_a": 8}
+        adata,
+        n_hidden=16,
+        n_layers=1,
+        n_eval_timesteps=4,
+        n_noise=1,
+        encoder="tabnet",
+        encoder_kwargs={"n_d": 8, "n_a": 8},
     )
     model.train(max_epochs=2, encoder_max_epochs=2, **FAST)
     assert "encoder_train_loss" in model.history and "train_loss" in model.history

@@ -29,7 +29,7 @@ from ..nn._diffusion import NoiseSchedule, ddim_sample
 from ..train import LossOutput
 from ._tabnet import TabNetModule
 
-__all__ = ["ScoreModule", "EmbeddingScoreModule", "timestep_embedding"]
+__all__ = ["ScoreModule", "EmbeddingScoreModule", "LinearEmbedding", "timestep_embedding"]
 
 
 def timestep_embedding(t: torch.Tensor, dim: int, *, max_period: float = 10_000.0) -> torch.Tensor:
@@ -312,13 +312,51 @@ class ScoreModule(nn.Module):
         return self.unstandardize(x0)
 
 
-class EmbeddingScoreModule(nn.Module):
-    """A :class:`ScoreModule` over cell embeddings, optionally with its own TabNet encoder of expression.
+class LinearEmbedding(nn.Module):
+    """A fixed affine map of (log-normalised) expression, ``z = W x + b``: e.g. class logits.
 
-    With ``encoder_kwargs`` the embedding is the decision output of a :class:`~scpredict.module._tabnet.TabNetModule`
-    trained first as a classifier (stage ``"encoder"``) and then frozen while the denoiser is trained
-    (stage ``"diffusion"``), as in the "Keeping SCORE" pipeline (scTab embeddings → diffusion model).
-    Without it, the embedding is read from ``batch["embedding"]`` (an ``obsm`` matrix).
+    ``W`` and ``b`` are buffers (saved with the state dict, never trained by gradient descent): the model class
+    fills them with :meth:`set_weights`, e.g. with the mean of the coefficients of cross-fitted logistic
+    regressions (the mean of affine maps is itself an affine map).
+
+    Parameters
+    ----------
+    n_input
+        Number of genes.
+    n_output
+        Width of the embedding.
+    log_normalize_input
+        Normalise each cell to 10⁴ counts and apply ``log1p`` before the map (input declared as counts).
+    """
+
+    def __init__(self, n_input: int, n_output: int, *, log_normalize_input: bool = False) -> None:
+        super().__init__()
+        self.n_input, self.n_output = int(n_input), int(n_output)
+        self.log_normalize_input = bool(log_normalize_input)
+        self.register_buffer("weight", torch.zeros(self.n_output, self.n_input))
+        self.register_buffer("bias", torch.zeros(self.n_output))
+
+    def set_weights(self, weight: torch.Tensor, bias: torch.Tensor) -> None:
+        """Store ``W`` (``(n_output, n_input)``) and ``b`` (``(n_output,)``)."""
+        self.weight.copy_(torch.as_tensor(weight, dtype=torch.float32))
+        self.bias.copy_(torch.as_tensor(bias, dtype=torch.float32))
+
+    def encode(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        """``{"embedding": W x̃ + b}`` with ``x̃`` the (log-normalised) input (same interface as TabNet's)."""
+        if self.log_normalize_input:
+            x = torch.log1p(x * (1e4 / x.sum(dim=1, keepdim=True).clamp_min(1.0)))
+        return {"embedding": F.linear(x, self.weight, self.bias)}
+
+
+class EmbeddingScoreModule(nn.Module):
+    """A :class:`ScoreModule` over cell embeddings, optionally with its own encoder of expression.
+
+    With ``encoder_kwargs`` and ``encoder="tabnet"`` the embedding is the decision output of a
+    :class:`~scpredict.module._tabnet.TabNetModule` trained first as a classifier (stage ``"encoder"``) and
+    then frozen while the denoiser is trained (stage ``"diffusion"``), as in the "Keeping SCORE" pipeline
+    (scTab embeddings → diffusion model). With ``encoder="linear"`` it is a :class:`LinearEmbedding` (a fixed
+    affine map set by the model class, e.g. mean logistic-regression logits). Without ``encoder_kwargs``, the
+    embedding is read from ``batch["embedding"]`` (an ``obsm`` matrix).
 
     Parameters
     ----------
@@ -329,7 +367,10 @@ class EmbeddingScoreModule(nn.Module):
     n_embedding
         Width of an external embedding (ignored with ``encoder_kwargs``).
     encoder_kwargs
-        Keyword arguments of :class:`~scpredict.module._tabnet.TabNetModule`, or ``None`` for no encoder.
+        Keyword arguments of the encoder — :class:`~scpredict.module._tabnet.TabNetModule` or
+        :class:`LinearEmbedding` (``n_output``, ``log_normalize_input``) — or ``None`` for no encoder.
+    encoder
+        ``"tabnet"`` or ``"linear"``: the encoder built from ``encoder_kwargs``.
     **score_kwargs
         Keyword arguments of :class:`ScoreModule`.
     """
@@ -341,13 +382,21 @@ class EmbeddingScoreModule(nn.Module):
         *,
         n_embedding: int | None = None,
         encoder_kwargs: dict | None = None,
+        encoder: str = "tabnet",
         **score_kwargs,
     ) -> None:
         super().__init__()
-        self.encoder = (
-            None if encoder_kwargs is None else TabNetModule(n_input, max(n_classes, 1), **encoder_kwargs)
-        )
-        width = self.encoder.n_d if self.encoder is not None else n_embedding
+        if encoder not in ("tabnet", "linear"):
+            msg = f"encoder must be 'tabnet' or 'linear', got {encoder!r}."
+            raise ValueError(msg)
+        self.encoder: TabNetModule | LinearEmbedding | None = None
+        width = n_embedding
+        if encoder_kwargs is not None and encoder == "tabnet":
+            self.encoder = TabNetModule(n_input, max(n_classes, 1), **encoder_kwargs)
+            width = self.encoder.n_d
+        elif encoder_kwargs is not None:
+            self.encoder = LinearEmbedding(n_input, **encoder_kwargs)
+            width = self.encoder.n_output
         if width is None:
             msg = "pass n_embedding (the width of the obsm embedding) or encoder_kwargs."
             raise ValueError(msg)
@@ -367,19 +416,23 @@ class EmbeddingScoreModule(nn.Module):
         return torch.full((n,), self.score.null_class, dtype=torch.long, device=device)
 
     def loss(self, batch: dict[str, torch.Tensor], *, stage: str = "diffusion") -> LossOutput:
-        """Stage ``"encoder"``: the encoder's classification loss; stage ``"diffusion"``: denoising loss on
-        the (frozen, eval-mode) embedding."""
+        """Stage ``"encoder"``: the TabNet encoder's classification loss; stage ``"diffusion"``: denoising loss
+        on ``batch["embedding"]`` when the batch carries one, otherwise on the (frozen, eval-mode) encoder
+        output of ``batch["X"]``."""
         if stage == "encoder":
-            if self.encoder is None:
-                msg = "stage='encoder' needs a module built with encoder_kwargs."
+            if not isinstance(self.encoder, TabNetModule):
+                msg = "stage='encoder' needs a module built with a TabNet encoder (encoder_kwargs)."
                 raise ValueError(msg)
             return self.encoder.loss(batch)
-        if self.encoder is not None:
+        if "embedding" in batch:  # an obsm embedding, or embeddings the model class computed (cross-fitted)
+            z = batch["embedding"]
+        elif self.encoder is not None:
             self.encoder.eval()
             with torch.no_grad():
                 z = self.embed(batch)
         else:
-            z = self.embed(batch)
+            msg = "stage='diffusion' needs batch['embedding'] or a module built with an encoder."
+            raise ValueError(msg)
         y = self._labels(batch, z.shape[0], z.device)
         if self.training:
             loss = self.score.denoising_loss(z, y)
