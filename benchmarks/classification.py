@@ -132,50 +132,13 @@ def model_specs(quick: bool) -> dict:
             dict(e),
             1_000,
         ),
-        "SCORE (cross-fitted LogReg embedding)": (
+        "SCORE (cross-fitted LogReg embedding)": (  # the built-in default encoder of ScoreClassifier
             "ScoreClassifier",
-            {},
+            {"encoder": "logreg"},
             dict(e),
             1_000,
         ),
     }
-
-
-class CrossFittedLogRegEmbedding:
-    """Supervised embedding: the class scores (logits) of logistic regressions on the genes, cross-fitted.
-
-    ``n_folds`` logistic regressions are fitted on the training cells, each leaving one fold out. A training
-    cell's embedding is the decision function of the model that did not see it (out of fold); any other cell
-    (validation, test, query) gets the mean over the fold models. Training and new cells then come from the
-    same distribution — an embedding learned on the training cells themselves (TabNet's, or a plain fit of
-    this one) separates them better than it separates new cells, and the diffusion model would learn classes
-    tighter than they are on new data.
-    """
-
-    def __init__(self, n_folds: int = 5, seed: int = SEED) -> None:
-        self.n_folds, self.seed = n_folds, seed
-
-    def fit_transform(self, x, y, train):
-        import numpy as np
-        from sklearn.linear_model import LogisticRegression
-        from sklearn.model_selection import StratifiedKFold
-
-        train = np.asarray(train)
-        folds = StratifiedKFold(self.n_folds, shuffle=True, random_state=self.seed)
-        self.models_, oof = [], {}
-        for fit_idx, held_idx in folds.split(train, y[train]):
-            m = LogisticRegression(max_iter=500).fit(x[train[fit_idx]], y[train[fit_idx]])
-            self.models_.append(m)
-            oof[tuple(train[held_idx])] = m.decision_function(x[train[held_idx]])
-        emb = self.transform(x)
-        for idx, z in oof.items():
-            emb[list(idx)] = z
-        return emb
-
-    def transform(self, x):
-        import numpy as np
-
-        return np.mean([m.decision_function(x) for m in self.models_], axis=0).astype(np.float32)
 
 
 def build_model(cls, data, init: dict, train_kw: dict, tr, va, *, embedding_key: str | None = None):
@@ -248,14 +211,6 @@ def run_dataset(
             test.obsm[emb_key] = tabnet.get_embedding(test)
             bulk_q = bulk[:n_bulk].copy()
             bulk_q.obsm[emb_key] = tabnet.get_embedding(bulk_q)
-        if label == "SCORE (cross-fitted LogReg embedding)":  # fitted on the training cells only
-            emb_key = "X_logreg_cv"
-            y_fit = fit.obs["cell_type"].astype(str).to_numpy()
-            enc = CrossFittedLogRegEmbedding()
-            data.obsm[emb_key] = enc.fit_transform(fit.X, y_fit, tr).astype(np.float32)
-            test.obsm[emb_key] = enc.transform(test.X)
-            bulk_q = bulk[:n_bulk].copy()
-            bulk_q.obsm[emb_key] = enc.transform(bulk_q.X)
         if label == "SCORE (PCA embedding)":  # PCA fitted on the training cells only
             from sklearn.decomposition import PCA
 
@@ -396,9 +351,11 @@ def report(rows: list[dict], infos: dict, *, quick: bool, seconds: float, comman
         "already checked and aligned matrix. "
         "SCORE (TabNet embedding) uses the embedding of the TabNet row above (the seed's pipeline); "
         "SCORE (PCA embedding) works on 50 principal components fitted on the training cells; SCORE "
-        "(cross-fitted LogReg embedding) on the class logits of five logistic regressions fitted on the training "
-        "cells (each training cell embedded by the fold model that did not see it, every other cell by the mean "
-        "of the five; a supervised embedding whose training cells look like new cells). SCORE's timestep "
+        "(cross-fitted LogReg embedding) is `ScoreClassifier`'s built-in default encoder (`encoder='logreg'`): "
+        "the class logits of five logistic regressions fitted on the training cells (each training cell "
+        "embedded by the fold model that did not see it, every other cell by the mean of the five; a "
+        "supervised embedding whose training cells look like new cells); its train seconds include the five "
+        "fits. SCORE's timestep "
         "window and timestep weighting (uniform, or each timestep weighted by the inverse spread of its "
         "class-centred errors) are chosen by the class-balanced NLL of the validation cells "
         "(`timestep_range='auto'`, `timestep_weighting='auto'`); its class prior (Bayes' rule with the "
