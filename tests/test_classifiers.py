@@ -674,3 +674,120 @@ def test_embedding_plot_two_panels(trained, data):
     fig = sp.pl.embedding(query, basis="X_pca", labels_key="cell_type", key="p", method="none")
     assert len(fig.axes) == 2
     assert fig.axes[1].get_title().startswith("prediction")
+
+
+# ---------------------------------------------------------------- logit-adjusted loss (Menon et al. 2021)
+@pytest.mark.parametrize(
+    ("name", "init", "kw"),
+    [
+        ("LinearClassifier", {}, {"max_epochs": 10}),
+        (
+            "TabNetClassifier",
+            {"n_d": 16, "n_a": 16, "n_shared": 1, "n_independent": 1},
+            {"max_epochs": 5, "lr": 2e-2},
+        ),
+    ],
+)
+def test_logit_adjustment_predicts_the_rare_class_more_often(name, init, kw):
+    # overlapping types with 320 / 69 / 11 cells: the plain loss all but ignores the rarest type
+    adata = sp.datasets.synthetic_celltypes(
+        n_cells=400, n_genes=60, n_types=3, separation=0.6, imbalance=1.5, seed=3
+    )
+    idx = np.random.default_rng(0).permutation(adata.n_obs)
+    cls = getattr(sp.models, name)
+    cls.setup_anndata(adata, labels_key="cell_type")
+    n_rare = {}
+    for tau in (0.0, 1.0):
+        model = cls(adata, **init)
+        model.train(
+            train_indices=idx[:300],
+            validation_indices=idx[300:],
+            early_stopping=False,
+            logit_adjustment=tau,
+            **kw,
+            **FAST,
+        )
+        assert model.train_params_["logit_adjustment"] == tau
+        pred = np.asarray(model.classes_)[model.get_probabilities(adata).argmax(1)]
+        n_rare[tau] = int((pred == "type2").sum())
+    assert n_rare[1.0] >= n_rare[0.0] + 10, n_rare
+
+
+def test_logit_adjustment_zero_offset_is_the_plain_loss_and_offset_enters_the_loss():
+    from torch.nn import functional as F
+
+    from scpredict.module._linear_classifier import LinearClassifierModule
+    from scpredict.module._tabnet import adjusted_cross_entropy
+
+    torch.manual_seed(0)
+    batch = {"X": torch.rand(32, 20), "labels": torch.randint(0, 3, (32, 1))}
+    y = batch["labels"].squeeze(-1)
+    w = torch.tensor([0.5, 1.0, 3.0])
+    zero = torch.zeros(3)
+    offset = torch.log(torch.tensor([0.7, 0.25, 0.05]))
+    tab = TabNetModule(20, 3, n_d=8, n_a=8, label_smoothing=0.1, mixup_alpha=0.4)
+    tab.train()
+    for extra in ({}, {"class_weight": w}):  # training mode: smoothing, mixup (seeded), class weights
+        torch.manual_seed(1)
+        plain = tab.loss(batch, **extra)
+        torch.manual_seed(1)
+        same = tab.loss(batch, logit_offset=zero, **extra)
+        assert torch.equal(plain.loss, same.loss)
+        torch.manual_seed(1)
+        adjusted = tab.loss(batch, logit_offset=offset, **extra)
+        assert not torch.allclose(adjusted.loss, plain.loss)
+        torch.testing.assert_close(adjusted.metrics["cross_entropy"], plain.metrics["cross_entropy"])
+    lin = LinearClassifierModule(20, 3)
+    lin.train()
+    assert torch.equal(lin.loss(batch).loss, lin.loss(batch, logit_offset=zero).loss)
+    # evaluation: the loss is the cross-entropy of the adjusted logits, accuracy that of the plain ones
+    for m in (tab, lin):
+        m.eval()
+        logits = m(batch["X"])["logits"]
+        plain, adjusted = m.loss(batch), m.loss(batch, logit_offset=offset)
+        sparsity = m.lambda_sparse * adjusted.metrics["sparsity"] if m is tab else 0.0
+        torch.testing.assert_close(adjusted.loss - sparsity, F.cross_entropy(logits + offset, y))
+        torch.testing.assert_close(adjusted.metrics["accuracy"], plain.metrics["accuracy"])
+    # with an offset, label smoothing goes towards softmax(offset) (uniform without one), weights as in torch
+    z = torch.randn(40, 3)
+    yy = torch.randint(0, 3, (40,))
+    target = 0.9 * F.one_hot(yy, 3) + 0.1 * torch.softmax(offset, -1)
+    ref = -(w * target * F.log_softmax(z + offset, -1)).sum() / w[yy].sum()
+    got = adjusted_cross_entropy(z, yy, weight=w, label_smoothing=0.1, logit_offset=offset)
+    torch.testing.assert_close(got, ref)
+    torch.testing.assert_close(
+        adjusted_cross_entropy(z, yy, label_smoothing=0.1, logit_offset=offset),
+        F.cross_entropy(z + offset, target),
+    )
+
+
+def test_logit_adjustment_prior_of_the_training_cells():
+    from scpredict.models._classifier import logit_adjustment_offset, training_class_counts
+    from scpredict.train import split_indices
+
+    np.testing.assert_allclose(
+        logit_adjustment_offset(np.array([6.0, 1.0, 0.0]), 0.5), 0.5 * np.log([0.7, 0.2, 0.1])
+    )
+    adata = sp.datasets.synthetic_celltypes(n_cells=200, n_genes=30, imbalance=1.0, seed=2)
+    sp.models.LinearClassifier.setup_anndata(adata, labels_key="cell_type")
+    model = sp.models.LinearClassifier(adata)
+    y = pd.Index(model.classes_).get_indexer(adata.obs["cell_type"].astype(str))
+    np.testing.assert_array_equal(
+        training_class_counts(model, {"train_indices": [0, 5, 9]}), np.bincount(y[[0, 5, 9]], minlength=4)
+    )
+    tr, _ = split_indices(adata.n_obs, train_size=0.8, validation_size=None, seed=sp.settings.seed)
+    counts = training_class_counts(model, {"train_size": 0.8})
+    np.testing.assert_array_equal(counts, np.bincount(y[tr], minlength=4))
+    assert counts.sum() == 160
+
+
+@pytest.mark.parametrize("name", ["LinearClassifier", "TabNetClassifier"])
+@pytest.mark.parametrize("tau", [-0.5, float("nan"), float("inf"), "one"])
+def test_logit_adjustment_rejects_bad_values(name, tau):
+    adata = sp.datasets.synthetic_celltypes(n_cells=60, n_genes=20)
+    cls = getattr(sp.models, name)
+    cls.setup_anndata(adata, labels_key="cell_type")
+    model = cls(adata)
+    with pytest.raises(ValueError, match="logit_adjustment must be a finite number >= 0"):
+        model.train(max_epochs=1, logit_adjustment=tau, **FAST)
+    assert not model.is_trained_

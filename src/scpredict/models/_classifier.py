@@ -80,6 +80,65 @@ def log_normalize(x: Any, *, scale: str) -> Any:
     return torch.log1p(x * (TARGET_SUM / x.sum(dim=1, keepdim=True).clamp_min(1.0)))
 
 
+def training_class_counts(model: Any, train_kwargs: dict[str, Any]) -> np.ndarray:
+    """Cells per class (in the order of ``model.classes_``) among the cells that ``BaseModel.train`` will
+    train on with ``train_kwargs``: ``train_indices`` if given, else the same seeded random split
+    (``train_size`` / ``validation_size``, ``sp.settings.seed``) that ``BaseModel.train`` draws."""
+    import inspect
+
+    from .._settings import settings
+    from ._base import BaseModel
+
+    if train_kwargs.get("data") is not None:
+        msg = (
+            "class frequencies of the training cells (class_weight / logit_adjustment) are only available "
+            "when training on the model's AnnData, not with data=."
+        )
+        raise ValueError(msg)
+    y = model._encode_categories(model.adata, ["labels"])["labels"]
+    tr = train_kwargs.get("train_indices")
+    if tr is None:
+        from ..train import split_indices
+
+        default = inspect.signature(BaseModel.train).parameters["train_size"].default
+        tr, _ = split_indices(
+            len(y),
+            train_size=train_kwargs.get("train_size", default),
+            validation_size=train_kwargs.get("validation_size"),
+            seed=settings.seed,
+        )
+    return np.bincount(y[np.asarray(tr, dtype=np.int64)], minlength=len(model.vocab_["labels"])).astype(
+        np.float64
+    )
+
+
+def check_logit_adjustment(tau: float) -> float:
+    """``tau`` as a float, or a ``ValueError`` unless it is finite and ``>= 0``."""
+    try:
+        t = float(tau)
+    except (TypeError, ValueError):
+        t = float("nan")
+    if not np.isfinite(t) or t < 0:
+        msg = f"logit_adjustment must be a finite number >= 0, got {tau!r}."
+        raise ValueError(msg)
+    return t
+
+
+def logit_adjustment_offset(counts: np.ndarray, tau: float) -> np.ndarray:
+    """``τ · log π`` with the add-one smoothed class frequencies ``π_c = (n_c + 1) / (n + k)`` (``k``
+    classes): the offsets added to the logits in the logit-adjusted loss (Menon et al. 2021)."""
+    counts = np.asarray(counts, dtype=np.float64)
+    prior = (counts + 1.0) / (counts.sum() + len(counts))
+    return float(tau) * np.log(prior)
+
+
+def add_loss_kwargs(train_kwargs: dict[str, Any], **loss_kwargs: Any) -> None:
+    """Merge ``loss_kwargs`` into ``train_kwargs["plan_kwargs"]["loss_kwargs"]`` (in place)."""
+    plan = dict(train_kwargs.pop("plan_kwargs", None) or {})
+    plan["loss_kwargs"] = {**plan.get("loss_kwargs", {}), **loss_kwargs}
+    train_kwargs["plan_kwargs"] = plan
+
+
 class ClassifierMixin:
     """``predict``/``get_probabilities`` for classifiers on :class:`~scpredict.models.BaseModel`.
 

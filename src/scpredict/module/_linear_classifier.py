@@ -46,10 +46,32 @@ class LinearClassifierModule(nn.Module):
             x = torch.log1p(x * (1e4 / x.sum(dim=1, keepdim=True).clamp_min(1.0)))
         return {"logits": self.linear(self.dropout(self.input_bn(x)))}
 
-    def loss(self, batch: dict[str, torch.Tensor]) -> LossOutput:
-        """Cross-entropy of ``batch["X"]`` against ``batch["labels"]``, with accuracy as a metric."""
+    def loss(self, batch: dict[str, torch.Tensor], *, logit_offset: torch.Tensor | None = None) -> LossOutput:
+        """Cross-entropy of ``batch["X"]`` against ``batch["labels"]``, with accuracy as a metric.
+
+        ``logit_offset`` (the logit adjustment ``τ · log π`` of Menon et al. 2021, "Long-tail learning via
+        logit adjustment", ICLR) is added to the logits inside the cross-entropy, in training and evaluation
+        mode alike (the validation loss is the held-out value of the training objective); the accuracy, and
+        prediction, use the plain logits, which then estimate the class-balanced posterior.
+
+        Parameters
+        ----------
+        batch
+            ``{"X": (n_cells, n_input), "labels": (n_cells, 1)}``.
+        logit_offset
+            ``(n_classes,)`` offsets added to the logits in the loss; ``None`` = plain cross-entropy (an
+            all-zero offset gives the same loss).
+
+        Returns
+        -------
+        :class:`~scpredict.train.LossOutput` with the metrics ``cross_entropy`` (plain logits) and
+        ``accuracy``.
+        """
         y = batch["labels"].long().squeeze(-1)
         logits = self(batch["X"])["logits"]
         ce = F.cross_entropy(logits, y)
+        fit = ce
+        if logit_offset is not None:
+            fit = F.cross_entropy(logits + logit_offset.to(device=logits.device, dtype=logits.dtype), y)
         acc = (logits.argmax(dim=-1) == y).float().mean()
-        return LossOutput(loss=ce, metrics={"accuracy": acc}, n_obs=y.shape[0])
+        return LossOutput(loss=fit, metrics={"cross_entropy": ce, "accuracy": acc}, n_obs=y.shape[0])

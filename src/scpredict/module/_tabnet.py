@@ -288,6 +288,61 @@ class AttentiveTransformer(nn.Module):
         return entmax15(z) if self.mask_type == "entmax" else sparsemax(z)
 
 
+def adjusted_cross_entropy(
+    logits: torch.Tensor,
+    y: torch.Tensor,
+    *,
+    weight: torch.Tensor | None = None,
+    label_smoothing: float = 0.0,
+    logit_offset: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Cross-entropy of ``logits + logit_offset`` with label smoothing towards ``softmax(logit_offset)``.
+
+    With ``logit_offset = τ · log π`` this is the logit-adjusted loss of Menon et al. (2021, "Long-tail
+    learning via logit adjustment", ICLR). Label smoothing (Szegedy et al. 2016) mixes the one-hot target
+    with a smoothing distribution ``u``: uniform (``1/k``) without an offset, exactly as
+    ``F.cross_entropy(..., label_smoothing=ε)``; ``u = softmax(logit_offset) ∝ π^τ`` with one. Uniform
+    smoothing would be inconsistent with the adjustment: the adjusted softmax then fits
+    ``(1 − ε) p(y|x) + ε/k``, and the plain logits (its ratio to ``π^τ``) would inflate every rare class by
+    ``ε / (k π_c^τ)`` for *all* cells; smoothing towards ``π^τ`` adds the same ``ε`` to every class's ratio
+    instead, so the plain logits keep the ranking of ``p(y|x) / π_y^τ``. Class weights enter both terms as
+    in :func:`torch.nn.functional.cross_entropy` (mean over ``Σ_i w_{y_i}``).
+
+    Parameters
+    ----------
+    logits
+        ``(n_cells, n_classes)`` plain logits.
+    y
+        ``(n_cells,)`` class indices.
+    weight
+        ``(n_classes,)`` class weights or ``None``.
+    label_smoothing
+        ``ε`` in ``[0, 1]``.
+    logit_offset
+        ``(n_classes,)`` offsets added to the logits, or ``None`` (an all-zero offset gives the same value).
+
+    Returns
+    -------
+    The scalar mean loss.
+    """
+    if logit_offset is None:
+        return F.cross_entropy(logits, y, weight=weight, label_smoothing=label_smoothing)
+    z = logits + logit_offset
+    loss = F.cross_entropy(z, y, weight=weight, label_smoothing=label_smoothing)
+    if label_smoothing == 0:
+        return loss
+    k = z.shape[-1]
+    # PyTorch's smoothing term is −(ε/k) Σ_c w_c log q_c; replace 1/k by u_c (exactly 0 when u is uniform)
+    delta = torch.softmax(logit_offset, dim=-1) - 1.0 / k
+    if weight is not None:
+        delta = delta * weight
+        denom = weight[y].sum()
+    else:
+        denom = z.new_tensor(float(y.shape[0]))
+    correction = -(F.log_softmax(z, dim=-1) * delta).sum() / denom
+    return loss + label_smoothing * correction
+
+
 class TabNetModule(nn.Module):
     """TabNet encoder plus a linear classification head.
 
@@ -463,19 +518,52 @@ class TabNetModule(nn.Module):
             return torch.log1p(x * (1e4 / x.sum(dim=1, keepdim=True).clamp_min(1.0)))
         return x
 
-    def loss(self, batch: dict[str, torch.Tensor], *, class_weight: torch.Tensor | None = None) -> LossOutput:
+    def loss(
+        self,
+        batch: dict[str, torch.Tensor],
+        *,
+        class_weight: torch.Tensor | None = None,
+        logit_offset: torch.Tensor | None = None,
+    ) -> LossOutput:
         """Cross-entropy plus ``lambda_sparse`` × mask entropy; accuracy and sparsity as metrics.
 
-        In training mode the input is augmented by gene dropout (``input_dropout``) and the cross-entropy
-        uses ``label_smoothing`` and the per-class weights ``class_weight`` (``(n_classes,)``, e.g. inverse
-        class frequencies); the logged ``cross_entropy`` is always the plain, unweighted one.
+        In training mode the input is augmented by gene dropout (``input_dropout``) and mixup
+        (``mixup_alpha``), and the cross-entropy uses ``label_smoothing`` and the per-class weights
+        ``class_weight``. ``logit_offset`` (the logit adjustment ``τ · log π`` of Menon et al. 2021,
+        "Long-tail learning via logit adjustment", ICLR) is added to the logits inside the cross-entropy
+        in training *and* evaluation mode — the adjusted logits model the classes at the training
+        frequencies, so the validation loss is the held-out value of the training objective — while the
+        accuracy (and prediction, :meth:`forward`) uses the plain logits, which then estimate the
+        class-balanced posterior. Smoothing, weights and both mixup terms all act on the adjusted logits,
+        and with an offset the smoothing goes towards ``softmax(logit_offset)`` instead of uniform
+        (:func:`adjusted_cross_entropy`).
+        The logged ``cross_entropy`` is always the plain, unweighted, unadjusted one.
+
+        Parameters
+        ----------
+        batch
+            ``{"X": (n_cells, n_input), "labels": (n_cells, 1)}``.
+        class_weight
+            ``(n_classes,)`` weights of the training cross-entropy (e.g. inverse class frequencies).
+        logit_offset
+            ``(n_classes,)`` offsets added to the logits in the cross-entropy; ``None`` = no adjustment
+            (an all-zero offset gives the same loss).
+
+        Returns
+        -------
+        :class:`~scpredict.train.LossOutput` with the metrics ``cross_entropy``, ``accuracy`` and ``sparsity``.
         """
         y = batch["labels"].long().squeeze(-1)
         x = batch["X"]
         if self.training and self.input_dropout > 0:
             x = x * (torch.rand_like(x) >= self.input_dropout).to(x.dtype)
         smooth = self.label_smoothing if self.training else 0.0
-        weight = class_weight.to(x.dtype) if class_weight is not None and self.training else None
+        weight = (
+            class_weight.to(device=x.device, dtype=x.dtype)
+            if class_weight is not None and self.training
+            else None
+        )
+        offset = logit_offset.to(device=x.device, dtype=x.dtype) if logit_offset is not None else None
         if self.training and self.mixup_alpha > 0 and y.shape[0] > 1:
             lam = float(torch.distributions.Beta(self.mixup_alpha, self.mixup_alpha).sample())
             perm = torch.randperm(y.shape[0], device=x.device)
@@ -483,16 +571,18 @@ class TabNetModule(nn.Module):
             out = self._encode(lam * t + (1.0 - lam) * t[perm])
             out["logits"] = self.head(self.dropout(out["embedding"]))
             ce = F.cross_entropy(out["logits"], y)  # logged against the dominant labels
-            kw = {"weight": weight, "label_smoothing": smooth}
-            fit = lam * F.cross_entropy(out["logits"], y, **kw) + (1.0 - lam) * F.cross_entropy(
+            kw = {"weight": weight, "label_smoothing": smooth, "logit_offset": offset}
+            fit = lam * adjusted_cross_entropy(out["logits"], y, **kw) + (1.0 - lam) * adjusted_cross_entropy(
                 out["logits"], y[perm], **kw
             )
         else:
             out = self(x)
             ce = F.cross_entropy(out["logits"], y)
             fit = ce
-            if smooth > 0 or weight is not None:
-                fit = F.cross_entropy(out["logits"], y, weight=weight, label_smoothing=smooth)
+            if smooth > 0 or weight is not None or offset is not None:
+                fit = adjusted_cross_entropy(
+                    out["logits"], y, weight=weight, label_smoothing=smooth, logit_offset=offset
+                )
         acc = (out["logits"].argmax(dim=-1) == y).float().mean()
         return LossOutput(
             loss=fit + self.lambda_sparse * out["sparsity_loss"],
