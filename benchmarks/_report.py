@@ -33,5 +33,7 @@ def write_section(name: str, markdown: str) -> None:
     text = DOC.read_text() if DOC.exists() else "# Benchmarks\n\n"
     block = f"{start}\n{markdown.rstrip()}\n{end}"
     pattern = re.compile(re.escape(start) + r".*?" + re.escape(end), re.S)
-    text = pattern.sub(lambda _: block, text) if pattern.search(text) else text.rstrip() + "\n\n" + block + "\n"
+    text = (
+        pattern.sub(lambda _: block, text) if pattern.search(text) else text.rstrip() + "\n\n" + block + "\n"
+    )
     DOC.write_text(text)

@@ -80,7 +80,9 @@ def test_align_identity_no_copy():
 
 # ---------------------------------------------------------------- datasets
 def test_synthetic_perturbation_ground_truth():
-    a = sp.datasets.synthetic_perturbation(n_cells=3000, n_genes=60, n_perturbations=5, n_combinations=3, seed=1)
+    a = sp.datasets.synthetic_perturbation(
+        n_cells=3000, n_genes=60, n_perturbations=5, n_combinations=3, seed=1
+    )
     truth = a.uns["true_effects"]
     assert "control" in a.obs["perturbation"].cat.categories
     combos = [c for c in truth.index if "+" in c]
@@ -140,7 +142,9 @@ def test_l1000_loader(shared_data):
 
 # ---------------------------------------------------------------- pp
 def test_perturbation_index_and_targets():
-    a = AnnData(np.zeros((4, 2)), obs=pd.DataFrame({"p": ["control", "A", "A+B", "B+ctrl"]}, index=list("wxyz")))
+    a = AnnData(
+        np.zeros((4, 2)), obs=pd.DataFrame({"p": ["control", "A", "A+B", "B+ctrl"]}, index=list("wxyz"))
+    )
     sp.pp.perturbation_index(a, perturbation_key="p")
     assert a.obs["perturbation_idx"].tolist() == [0, 1, 2, 3]
     assert a.obs["n_targets"].tolist() == [0, 1, 2, 1]
@@ -186,7 +190,9 @@ def test_split_cells_stratified_fractions():
 
 def test_pseudobulk_and_delta_exact():
     x = np.array([[1, 2], [3, 4], [10, 10], [20, 30]], dtype=np.float32)
-    obs = pd.DataFrame({"p": ["control", "control", "A", "A"], "c": ["l1", "l1", "l1", "l1"]}, index=list("abcd"))
+    obs = pd.DataFrame(
+        {"p": ["control", "control", "A", "A"], "c": ["l1", "l1", "l1", "l1"]}, index=list("abcd")
+    )
     a = AnnData(x, obs=obs)
     pb = sp.pp.pseudobulk(a, groupby="p")
     np.testing.assert_allclose(pb[pb.obs["p"] == "A"].X, [[15, 20]])

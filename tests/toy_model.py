@@ -48,7 +48,9 @@ class ToyModel(BaseModel):
 
     def get_reconstruction(self, adata: AnnData | None = None) -> np.ndarray:
         prepared = self._prepare(adata)
-        return self._module_outputs(prepared, lambda b: self.module(b["X"], b["condition"].long().squeeze(-1)))
+        return self._module_outputs(
+            prepared, lambda b: self.module(b["X"], b["condition"].long().squeeze(-1))
+        )
 
     def predict(self, adata: AnnData | None = None, *, key_added: str = "toy") -> None:
         adata = self.adata if adata is None else adata
@@ -58,6 +60,7 @@ class ToyModel(BaseModel):
 
 
 def toy_data(n_cells: int = 200, n_genes: int = 40) -> AnnData:
-    adata = sp.datasets.synthetic_perturbation(n_cells=n_cells, n_genes=n_genes, kind="counts", n_perturbations=3,
-                                               n_combinations=1)
+    adata = sp.datasets.synthetic_perturbation(
+        n_cells=n_cells, n_genes=n_genes, kind="counts", n_perturbations=3, n_combinations=1
+    )
     return adata

@@ -14,7 +14,9 @@ def _demo(args: argparse.Namespace) -> int:
 
     report = run_demo(Path(args.out), steps=args.steps, quick=not args.full)
     failed = [s for s, r in report["steps"].items() if r.get("status") != "ok"]
-    print(f"report written to {Path(args.out).resolve()} ({len(report['steps'])} steps, {len(failed)} failed)")
+    print(
+        f"report written to {Path(args.out).resolve()} ({len(report['steps'])} steps, {len(failed)} failed)"
+    )
     return 1 if failed else 0
 
 

@@ -7,5 +7,15 @@ from ._drugs import imbalance
 from ._history import training_history
 from ._perturbation import metric_comparison, perturbation_scatter
 
-__all__ = ["classifier_comparison", "confusion_matrix", "embedding", "context_contributions", "training_history",
-           "metric_comparison", "perturbation_scatter", "imbalance", "design_progress", "real_vs_generated"]
+__all__ = [
+    "classifier_comparison",
+    "confusion_matrix",
+    "embedding",
+    "context_contributions",
+    "training_history",
+    "metric_comparison",
+    "perturbation_scatter",
+    "imbalance",
+    "design_progress",
+    "real_vs_generated",
+]
