@@ -655,6 +655,29 @@ def test_compare_classifiers_table_and_unseen_label(data):
     assert "novel" in [t.get_text() for t in ax.get_yticklabels()]
 
 
+def test_compare_classifiers_per_model_setup_override():
+    adata = sp.datasets.synthetic_celltypes(n_cells=200, n_genes=40, seed=2)
+    sp.pp.split_cells(adata, fractions=(0.7, 0.15, 0.15), stratify_key="cell_type", seed=0)
+    adata.obsm["X_ok"] = np.zeros((adata.n_obs, 3), dtype=np.float32)
+    logreg = "LogisticRegressionClassifier"
+    table = sp.tl.compare_classifiers(
+        adata,
+        {"plain": logreg, "with_emb": (logreg, {}, {}, {"embedding_key": "X_ok"})},
+        labels_key="cell_type",
+        key_added=None,
+    )
+    assert list(table.index) == ["plain", "with_emb"]
+    # the override reaches setup_anndata of that model only: a missing key fails there, naming the key
+    with pytest.raises(KeyError, match="X_missing"):
+        sp.tl.compare_classifiers(
+            adata, {"m": (logreg, {}, None, {"embedding_key": "X_missing"})}, labels_key="cell_type"
+        )
+    with pytest.raises(ValueError, match="setup_kwargs may only override"):
+        sp.tl.compare_classifiers(adata, {"m": (logreg, {}, {}, {"labels_key": "x"})}, labels_key="cell_type")
+    with pytest.raises(ValueError, match="at most"):
+        sp.tl.compare_classifiers(adata, {"m": (logreg, {}, {}, {}, {})}, labels_key="cell_type")
+
+
 def test_repeated_comparison_mean_and_sd():
     adata = sp.datasets.synthetic_celltypes(n_cells=300, n_genes=40, seed=1)
     summary = sp.tl.repeated_comparison(

@@ -17,12 +17,23 @@ __all__ = ["compare_classifiers", "repeated_comparison"]
 _METRICS = ("accuracy", "macro_f1", "weighted_f1", "ece", "train_s", "predict_cells_per_s")
 
 
-def _spec(value: Any) -> tuple[Any, dict, dict]:
-    """``Model`` | ``(Model, init_kwargs)`` | ``(Model, init_kwargs, train_kwargs)`` → the three parts."""
-    if isinstance(value, tuple):
-        cls, init = value[0], dict(value[1]) if len(value) > 1 else {}
-        return cls, init, dict(value[2]) if len(value) > 2 else {}
-    return value, {}, {}
+_SETUP_KEYS = ("layer", "scale", "embedding_key")
+
+
+def _spec(value: Any) -> tuple[Any, dict, dict, dict]:
+    """``Model`` | ``(Model, init_kwargs)`` | ``(Model, init_kwargs, train_kwargs)`` |
+    ``(Model, init_kwargs, train_kwargs, setup_kwargs)`` → the four parts."""
+    if not isinstance(value, tuple):
+        return value, {}, {}, {}
+    if not 1 <= len(value) <= 4:
+        msg = f"a model spec is (class, init_kwargs, train_kwargs, setup_kwargs) at most, got {len(value)} items."
+        raise ValueError(msg)
+    parts = [dict(v) if v is not None else {} for v in value[1:]] + [{}] * (4 - len(value))
+    bad = set(parts[2]) - set(_SETUP_KEYS)
+    if bad:
+        msg = f"setup_kwargs may only override {list(_SETUP_KEYS)}, got {sorted(bad)}."
+        raise ValueError(msg)
+    return value[0], parts[0], parts[1], parts[2]
 
 
 def _resolve(cls: Any) -> Any:
@@ -55,8 +66,10 @@ def compare_classifiers(
     adata
         Cells with labels and a split column.
     models
-        Name → model class (or its name in :mod:`scpredict.models`), ``(class, init_kwargs)`` or
-        ``(class, init_kwargs, train_kwargs)``.
+        Name → model class (or its name in :mod:`scpredict.models`), ``(class, init_kwargs)``,
+        ``(class, init_kwargs, train_kwargs)`` or ``(class, init_kwargs, train_kwargs, setup_kwargs)``, where
+        ``setup_kwargs`` overrides ``layer``, ``scale`` or ``embedding_key`` for that model only (e.g.
+        ``{"embedding_key": None}``: SCORE on its built-in encoder beside SCORE on an ``obsm`` embedding).
     labels_key
         ``obs`` column with the true cell types.
     split_key
@@ -65,7 +78,7 @@ def compare_classifiers(
         Values of ``split_key`` naming the three sets (``validation=None``: no validation set; models then
         split their training cells themselves).
     layer, scale, embedding_key
-        Passed to every model's ``setup_anndata``.
+        Passed to every model's ``setup_anndata`` (unless its ``setup_kwargs`` override them).
     hierarchy
         Optional parent → children table; predicting a subtype of the truth counts as correct.
     key_added
@@ -108,10 +121,11 @@ def compare_classifiers(
     truth = query.obs[labels_key].astype(str).to_numpy()
     rows, preds = {}, {}
     for name, value in models.items():
-        cls, init_kwargs, train_kwargs = _spec(value)
+        cls, init_kwargs, train_kwargs, setup_kwargs = _spec(value)
         cls = _resolve(cls)
         data = fit.copy()
-        cls.setup_anndata(data, labels_key=labels_key, layer=layer, embedding_key=embedding_key, scale=scale)
+        setup = {"layer": layer, "embedding_key": embedding_key, "scale": scale, **setup_kwargs}
+        cls.setup_anndata(data, labels_key=labels_key, **setup)
         model = cls(data, **init_kwargs)
         kw = dict(train_kwargs)
         kw.setdefault("train_indices", tr_idx)
