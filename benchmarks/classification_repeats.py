@@ -156,7 +156,7 @@ def paired(df):
     return out
 
 
-def report(state: dict, *, command: str, uptime: str) -> str:
+def report(state: dict, *, command: str, uptime: str, note: str | None = None) -> str:
     import pandas as pd
     from _report import machine
 
@@ -181,6 +181,7 @@ def report(state: dict, *, command: str, uptime: str) -> str:
         "Speed is not measured. Mean ± sd (sample sd) over the completed split seeds; the paired "
         "differences are taken within each split.",
         "",
+        *([note, ""] if note else []),
     ]
     for name in [d for d in DATASETS if d in set(df["dataset"])]:
         sub = df[df["dataset"] == name]
@@ -275,6 +276,7 @@ def main() -> None:
         "--merge", nargs="+", metavar="JSON", help="write the report from several --out files"
     )
     parser.add_argument("--no-write", action="store_true", help="print the report, do not touch docs")
+    parser.add_argument("--note", help="a paragraph for the report (e.g. which rows were rerun and why)")
     args = parser.parse_args()
     if 0 in args.seeds:
         parser.error("seed 0 is the main benchmark's split; use new seeds")
@@ -315,7 +317,7 @@ def main() -> None:
         else f"`OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 python benchmarks/classification_repeats.py --seeds "
         f"{' '.join(map(str, seeds))}`"
     )
-    text = report(state, command=command, uptime=_uptime())
+    text = report(state, command=command, uptime=_uptime(), note=args.note)
     print(text)
     have = {r["dataset"] for r in state["rows"]}
     if not state.get("quick") and not args.no_write and have == set(DATASETS):
