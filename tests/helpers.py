@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
+import pytest
 import scipy.sparse as sp_sparse
 from anndata import AnnData
 
@@ -27,3 +28,15 @@ def assert_adata_equal(a: AnnData, b: AnnData) -> None:
     assert list(a.varm.keys()) == list(b.varm.keys())
     assert sorted(a.uns.keys()) == sorted(b.uns.keys())
     assert (a.raw is None) == (b.raw is None)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_torch_thread():
+    """Single-threaded torch while a test module runs: on a shared 2-core machine small torch ops are many times
+    slower with two threads (spin contention). Import it into a test module to apply it there."""
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 import scpredict as sp
-from helpers import assert_adata_equal
+from helpers import assert_adata_equal, one_torch_thread  # noqa: F401  (one_torch_thread: autouse fixture)
 from scpredict.metrics import classification_report
 from scpredict.module._score import ScoreModule
 from scpredict.module._tabnet import (
@@ -39,15 +39,6 @@ MODELS = {
         {"embedding_key": "X_pca"},
     ),
 }
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    # two threads on a shared 2-core machine make small torch ops ~50x slower (spin contention)
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 def _pca(adata, n_comps: int = 10) -> np.ndarray:

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 
+from helpers import one_torch_thread  # noqa: F401  (autouse fixture)
 from scpredict.nn._diffusion import (
     NoiseSchedule,
     ddim_invert,
@@ -126,13 +127,6 @@ def test_ddim_inversion_roundtrip_exact_score():
 
 
 # ---------------------------------------------------------------------------- score network
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """The CPU is shared: single-threaded torch is several times faster for these tiny networks."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 def test_score_model_recovers_two_gaussian_mixture():

@@ -8,25 +8,16 @@ import sys
 import numpy as np
 import pytest
 import scipy.sparse as sp_sparse
-import torch
 from safetensors.torch import load_file
 from sklearn.linear_model import LogisticRegression
 
 import scpredict as sp
+from helpers import one_torch_thread  # noqa: F401  (autouse fixture)
 
 FAST = {"logger": None, "enable_checkpointing": False, "progress_bar": "none"}
 # a small denoiser and a cheap, fixed scoring setup: these tests are about the encoder
 SMALL = {"n_hidden": 32, "n_layers": 1, "n_eval_timesteps": 4, "n_noise": 1}
 N_TRAIN, N_QUERY = 300, 100
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    # two threads on a shared 2-core machine make small torch ops much slower (spin contention)
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 @pytest.fixture(scope="module")
