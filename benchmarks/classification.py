@@ -382,7 +382,11 @@ THIRD_ROUND = [
     "",
     "SCORE on a stacked embedding (seed 0, Kang; both cross-fitted the same way, out-of-fold for the"
     " training cells): LogReg logits 0.857 / 0.846 (val / test), XGBoost margins 0.847 / 0.824, both"
-    " concatenated 0.853 / 0.830 — no gain, not adopted.",
+    " concatenated 0.853 / 0.830 — no gain, not adopted. Embedding new cells the way the training cells"
+    " were embedded — scoring each validation / test cell under each of the five fold models' logits and"
+    " averaging the five score vectors, instead of scoring the mean map once — gave a mean validation"
+    " macro F1 of 0.845 / 0.854 (uniform / empirical prior) against 0.843 / 0.861 on Kang's splits"
+    " 101–105 (test 0.824 / 0.817 vs 0.825 / 0.814): no gain at 5× the prediction cost, not adopted.",
     "",
     "Why Linear and LogReg differ although both are linear softmax models (seed 0, test macro F1; a"
     " diagnostic, no default changed): the same objective as scikit-learn's LogReg (mean cross-entropy"
