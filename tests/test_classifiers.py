@@ -503,6 +503,36 @@ def test_tabnet_cosine_schedule_and_weight_average(data):
         model.train(ema_decay=1.0)
 
 
+def test_tabnet_input_norm_option_and_old_saves_load_as_batch(data, tmp_path):
+    import json
+
+    train = data[0].copy()
+    sp.models.TabNetClassifier.setup_anndata(train, labels_key="cell_type")
+    init, train_kw, _ = MODELS["TabNetClassifier"]
+    assert sp.models.TabNetClassifier(train, **init).init_params_["input_norm"] == "batch"
+    model = sp.models.TabNetClassifier(train, **init, input_norm="none")
+    assert not any(k.startswith("input_bn") for k in model.module.state_dict())
+    # with "none", scaling one gene of the input is not undone by a per-gene standardisation
+    model.module.eval()
+    x = torch.rand(8, model.n_vars)
+    x2 = x.clone()
+    x2[:, 0] *= 100
+    assert not torch.allclose(model.module(x)["logits"], model.module(x2)["logits"])
+    with pytest.raises(ValueError, match="input_norm"):
+        sp.models.TabNetClassifier(train, **init, input_norm="layer")
+    # a model saved before the option existed has an input batch norm and no "input_norm" setting
+    old = sp.models.TabNetClassifier(train, **init)
+    old.train(**{**train_kw, "max_epochs": 2})
+    old.save(tmp_path / "old")
+    meta_path = next(f for f in (tmp_path / "old").iterdir() if f.suffix == ".json")
+    meta = json.loads(meta_path.read_text())
+    del meta["init_params"]["input_norm"]
+    meta_path.write_text(json.dumps(meta))
+    loaded = sp.models.TabNetClassifier.load(tmp_path / "old")
+    assert isinstance(loaded.module.input_bn, torch.nn.BatchNorm1d)
+    np.testing.assert_allclose(loaded.get_probabilities(data[1]), old.get_probabilities(data[1]), atol=1e-6)
+
+
 def test_score_classifier_with_internal_encoder_roundtrip(data, tmp_path):
     adata = data[0].copy()
     sp.models.ScoreClassifier.setup_anndata(adata, labels_key="cell_type")

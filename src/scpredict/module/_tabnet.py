@@ -381,6 +381,10 @@ class TabNetModule(nn.Module):
     mask_temperature
         Divides the attention scores before the mask activation; larger = more features per mask (still
         sparse). See :class:`AttentiveTransformer`.
+    input_norm
+        ``"batch"`` (the TabNet paper: a batch norm standardises each input feature) or ``"none"`` (the
+        input as it is, e.g. log1p expression; the batch norms inside the GLU blocks still normalise the
+        hidden units).
     input_dropout
         Training-time augmentation: each gene of each training cell is set to zero with this probability
         (no rescaling; it mimics extra dropout events of the capture), a fresh draw every batch.
@@ -415,8 +419,13 @@ class TabNetModule(nn.Module):
         input_dropout: float = 0.0,
         label_smoothing: float = 0.0,
         mixup_alpha: float = 0.0,
+        input_norm: str = "batch",
     ) -> None:
         super().__init__()
+        if input_norm not in ("batch", "none"):
+            msg = f"input_norm must be 'batch' or 'none', got {input_norm!r}."
+            raise ValueError(msg)
+        self.input_norm = input_norm
         if mixup_alpha < 0:
             msg = f"mixup_alpha must be >= 0, got {mixup_alpha}."
             raise ValueError(msg)
@@ -436,7 +445,10 @@ class TabNetModule(nn.Module):
         self.mask_eps = float(mask_eps)
         kw = {"virtual_batch_size": virtual_batch_size, "momentum": momentum}
         n_hidden = self.n_d + self.n_a
-        self.input_bn = nn.BatchNorm1d(self.n_input, momentum=momentum)
+        # the TabNet paper's input batch norm standardises every gene; "none" feeds the log-expression as it is
+        self.input_bn = (
+            nn.BatchNorm1d(self.n_input, momentum=momentum) if input_norm == "batch" else nn.Identity()
+        )
         shared = nn.ModuleList(
             [
                 nn.Linear(self.n_input if i == 0 else n_hidden, 2 * n_hidden, bias=False)
