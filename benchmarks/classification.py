@@ -141,6 +141,30 @@ def model_specs(quick: bool) -> dict:
     }
 
 
+def split_fit_test(adata):
+    """``(fit, test, tr, va)``: the train + validation cells, the test cells (copies), and the positions of the
+    training and validation cells within ``fit`` (from ``obs["split"]``)."""
+    import numpy as np
+
+    split = adata.obs["split"].astype(str).to_numpy()
+    fit = adata[split != "test"].copy()
+    test = adata[split == "test"].copy()
+    fit_split = fit.obs["split"].astype(str).to_numpy()
+    return fit, test, np.flatnonzero(fit_split == "train"), np.flatnonzero(fit_split == "val")
+
+
+def split_sizes(adata, test, tr, va) -> dict:
+    """Cells, genes, classes and the sizes of the three sets (the ``infos`` entry of a result file)."""
+    return {
+        "n_cells": adata.n_obs,
+        "n_genes": adata.n_vars,
+        "n_classes": int(adata.obs["cell_type"].nunique()),
+        "n_train": len(tr),
+        "n_val": len(va),
+        "n_test": test.n_obs,
+    }
+
+
 def build_model(cls, data, init: dict, train_kw: dict, tr, va, *, embedding_key: str | None = None):
     """Register ``data`` (log1p input, ``cell_type`` labels), build the model and its ``train`` keywords.
 
@@ -171,23 +195,12 @@ def run_dataset(
     from scpredict.metrics import classification_report
 
     adata = load(name)
-    split = adata.obs["split"].astype(str).to_numpy()
-    fit = adata[split != "test"].copy()
-    test = adata[split == "test"].copy()
-    fit_split = fit.obs["split"].astype(str).to_numpy()
-    tr, va = np.flatnonzero(fit_split == "train"), np.flatnonzero(fit_split == "val")
+    fit, test, tr, va = split_fit_test(adata)
     truth = test.obs["cell_type"].astype(str).to_numpy()
     reps = 20_000 // test.n_obs + 1
     bulk = test[np.tile(np.arange(test.n_obs), reps)[:20_000]].copy()
     bulk.obs_names_make_unique()
-    info = {
-        "n_cells": adata.n_obs,
-        "n_genes": adata.n_vars,
-        "n_classes": int(adata.obs["cell_type"].nunique()),
-        "n_train": len(tr),
-        "n_val": len(va),
-        "n_test": test.n_obs,
-    }
+    info = split_sizes(adata, test, tr, va)
     rows = []
     tabnet = None
     specs = model_specs(quick)

@@ -72,20 +72,11 @@ def run_seed(name: str, seed: int, *, quick: bool, state: dict, out: Path) -> No
         return
     load_start = os.getloadavg()[0]
     adata = load_split(name, seed)
-    split = adata.obs["split"].astype(str).to_numpy()
-    fit = adata[split != "test"].copy()
-    test = adata[split == "test"].copy()
-    fit_split = fit.obs["split"].astype(str).to_numpy()
-    tr, va = np.flatnonzero(fit_split == "train"), np.flatnonzero(fit_split == "val")
+    fit, test, tr, va = C.split_fit_test(adata)
     truth = test.obs["cell_type"].astype(str).to_numpy()
     y_fit = fit.obs["cell_type"].astype(str).to_numpy()
     state["infos"].setdefault(name, {})[str(seed)] = {
-        "n_cells": adata.n_obs,
-        "n_genes": adata.n_vars,
-        "n_classes": int(adata.obs["cell_type"].nunique()),
-        "n_train": len(tr),
-        "n_val": len(va),
-        "n_test": test.n_obs,
+        **C.split_sizes(adata, test, tr, va),
         "n_test_classes": int(len(set(truth))),
     }
     specs = C.model_specs(quick)

@@ -39,6 +39,7 @@ __all__ = [
     "TabNetPretrainer",
     "sparsemax",
     "entmax15",
+    "adjusted_cross_entropy",
 ]
 
 
