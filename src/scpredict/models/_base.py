@@ -22,10 +22,12 @@ from .._utils import check_keys, get_array, jsonable, record_provenance
 from ..data._alignment import align_genes, align_matrix
 from ..pp._check import Scale, check_input
 
-__all__ = ["BaseModel", "SetupRecord", "PreparedData", "FORMAT_VERSION"]
+__all__ = ["BaseModel", "SetupRecord", "PreparedData", "FORMAT_VERSION", "DEFAULT_TRAIN_SIZE"]
 
 #: version of the on-disk model format written by :meth:`BaseModel.save`
 FORMAT_VERSION = 1
+#: fraction of cells trained on when ``train`` gets neither indices nor ``train_size``
+DEFAULT_TRAIN_SIZE = 0.9
 _WEIGHTS = "weights.safetensors"
 _META = "model.json"
 X_KEY = "X"
@@ -500,7 +502,7 @@ class BaseModel:
         batch_size: int = 128,
         lr: float = 1e-3,
         weight_decay: float = 0.0,
-        train_size: float = 0.9,
+        train_size: float = DEFAULT_TRAIN_SIZE,
         validation_size: float | None = None,
         train_indices: Sequence[int] | None = None,
         validation_indices: Sequence[int] | None = None,
@@ -562,7 +564,7 @@ class BaseModel:
         from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
         from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 
-        from ..train import BestWeights, EpochProgressBar, HistoryCallback, split_indices
+        from ..train import BestWeights, EpochProgressBar, HistoryCallback, resolve_split
 
         if self.module is None:
             raise RuntimeError(f"{type(self).__name__} has no torch module; it overrides train().")
@@ -571,17 +573,14 @@ class BaseModel:
         self._seed_everything()
         prepared = self._prepare(self.adata if data is None else data)
         self._prepared_train = prepared
-        if train_indices is not None:
-            tr = np.asarray(train_indices, dtype=np.int64)
-            va = (
-                np.asarray(validation_indices, dtype=np.int64)
-                if validation_indices is not None
-                else np.setdiff1d(np.arange(prepared.n_obs), tr)
-            )
-        else:
-            tr, va = split_indices(
-                prepared.n_obs, train_size=train_size, validation_size=validation_size, seed=settings.seed
-            )
+        tr, va = resolve_split(
+            prepared.n_obs,
+            train_indices=train_indices,
+            validation_indices=validation_indices,
+            train_size=train_size,
+            validation_size=validation_size,
+            seed=settings.seed,
+        )
         has_val = len(va) > 0
         dm = self._make_datamodule(prepared, tr, va, batch_size=batch_size)
         plan = self._training_plan(lr=lr, weight_decay=weight_decay, **dict(plan_kwargs or {}))

@@ -83,11 +83,11 @@ def log_normalize(x: Any, *, scale: str) -> Any:
 def training_class_counts(model: Any, train_kwargs: dict[str, Any]) -> np.ndarray:
     """Cells per class (in the order of ``model.classes_``) among the cells that ``BaseModel.train`` will
     train on with ``train_kwargs``: ``train_indices`` if given, else the same seeded random split
-    (``train_size`` / ``validation_size``, ``sp.settings.seed``) that ``BaseModel.train`` draws."""
-    import inspect
-
+    (``train_size`` / ``validation_size``, ``sp.settings.seed``) that ``BaseModel.train`` draws — both go
+    through :func:`scpredict.train.resolve_split`."""
     from .._settings import settings
-    from ._base import BaseModel
+    from ..train import resolve_split
+    from ._base import DEFAULT_TRAIN_SIZE
 
     if train_kwargs.get("data") is not None:
         msg = (
@@ -96,17 +96,14 @@ def training_class_counts(model: Any, train_kwargs: dict[str, Any]) -> np.ndarra
         )
         raise ValueError(msg)
     y = model._encode_categories(model.adata, ["labels"])["labels"]
-    tr = train_kwargs.get("train_indices")
-    if tr is None:
-        from ..train import split_indices
-
-        default = inspect.signature(BaseModel.train).parameters["train_size"].default
-        tr, _ = split_indices(
-            len(y),
-            train_size=train_kwargs.get("train_size", default),
-            validation_size=train_kwargs.get("validation_size"),
-            seed=settings.seed,
-        )
+    tr, _ = resolve_split(
+        len(y),
+        train_indices=train_kwargs.get("train_indices"),
+        validation_indices=train_kwargs.get("validation_indices"),
+        train_size=train_kwargs.get("train_size", DEFAULT_TRAIN_SIZE),
+        validation_size=train_kwargs.get("validation_size"),
+        seed=settings.seed,
+    )
     return np.bincount(y[np.asarray(tr, dtype=np.int64)], minlength=len(model.vocab_["labels"])).astype(
         np.float64
     )

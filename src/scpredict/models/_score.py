@@ -12,7 +12,7 @@ from anndata import AnnData
 
 from .._settings import settings
 from ..module._score import EmbeddingScoreModule
-from ._base import BaseModel
+from ._base import DEFAULT_TRAIN_SIZE, BaseModel
 from ._classifier import ClassifierMixin, InputScale, log_normalize, setup_classifier
 
 __all__ = ["ScoreClassifier"]
@@ -243,6 +243,7 @@ class ScoreClassifier(ClassifierMixin, BaseModel):
         encoder: str = "logreg",
         n_folds: int = 5,
         encoder_kwargs: Mapping[str, Any] | None = None,
+        gaussian_base: bool = False,
     ) -> None:
         enc = None if encoder_kwargs is None else dict(encoder_kwargs)
         if encoder not in _ENCODERS:
@@ -284,6 +285,7 @@ class ScoreClassifier(ClassifierMixin, BaseModel):
             encoder=encoder,
             n_folds=n_folds,
             encoder_kwargs=enc,
+            gaussian_base=bool(gaussian_base),
         )
         if encoder == "logreg" and self._has_encoder and enc:
             unknown = sorted(set(enc) - set(_LOGREG_DEFAULTS))
@@ -369,7 +371,7 @@ class ScoreClassifier(ClassifierMixin, BaseModel):
         batch_size: int = 128,
         lr: float = 2e-3,
         encoder_lr: float = 1e-2,
-        train_size: float = 0.9,
+        train_size: float = DEFAULT_TRAIN_SIZE,
         train_indices: np.ndarray | None = None,
         validation_indices: np.ndarray | None = None,
         early_stopping_patience: int = 60,
@@ -415,18 +417,15 @@ class ScoreClassifier(ClassifierMixin, BaseModel):
         **kwargs
             Passed to :meth:`BaseModel.train` (``accelerator``, ``logger``, ...).
         """
-        from ..train import split_indices
+        from ..train import resolve_split
 
-        n = self.adata.n_obs
-        if train_indices is None:
-            tr, va = split_indices(n, train_size=train_size, validation_size=None, seed=settings.seed)
-        else:
-            tr = np.asarray(train_indices)
-            va = (
-                np.setdiff1d(np.arange(n), tr)
-                if validation_indices is None
-                else np.asarray(validation_indices)
-            )
+        tr, va = resolve_split(
+            self.adata.n_obs,
+            train_indices=train_indices,
+            validation_indices=validation_indices,
+            train_size=train_size,
+            seed=settings.seed,
+        )
         common = {"batch_size": batch_size, "train_indices": tr, "validation_indices": va, **kwargs}
         history: dict = {}
         kind = self._encoder_kind
@@ -457,6 +456,12 @@ class ScoreClassifier(ClassifierMixin, BaseModel):
         self.module.score.set_standardization(
             torch.from_numpy(emb[tr].mean(axis=0)), torch.from_numpy(np.where(std > 0, std, 1.0))
         )
+        if self.module.score.gaussian_base:
+            labels = self._encode_categories(self.adata, ["labels"])["labels"]
+            self.module.score.set_class_gaussians(
+                self.module.score.standardize(torch.from_numpy(np.ascontiguousarray(emb[tr]))),
+                torch.from_numpy(labels[tr].astype(np.int64)),
+            )
         self._fixed_embedding = emb if oof is not None else None
         try:
             super().train(

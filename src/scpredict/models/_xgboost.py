@@ -9,7 +9,7 @@ import numpy as np
 from anndata import AnnData
 
 from .._settings import settings
-from ._base import BaseModel
+from ._base import DEFAULT_TRAIN_SIZE, BaseModel
 from ._classifier import ClassifierMixin, InputScale, log_normalize, setup_classifier
 
 __all__ = ["XGBoostClassifier"]
@@ -121,7 +121,7 @@ class XGBoostClassifier(ClassifierMixin, BaseModel):
         *,
         train_indices: np.ndarray | None = None,
         validation_indices: np.ndarray | None = None,
-        train_size: float = 0.9,
+        train_size: float = DEFAULT_TRAIN_SIZE,
         early_stopping_rounds: int = 20,
     ) -> None:
         """Fit the booster.
@@ -136,17 +136,22 @@ class XGBoostClassifier(ClassifierMixin, BaseModel):
         early_stopping_rounds
             Stop when the validation log loss has not improved for this many rounds.
         """
-        from ..train import split_indices
+        from ..train import resolve_split
 
         xgb = _xgboost()
         prepared = self._prepare(self.adata)
-        if train_indices is None:
-            tr, va = split_indices(
-                prepared.n_obs, train_size=train_size, validation_size=None, seed=settings.seed
-            )
-        else:
-            tr = np.asarray(train_indices)
-            va = np.asarray(validation_indices) if validation_indices is not None else np.array([], dtype=int)
+        tr, va = resolve_split(
+            prepared.n_obs,
+            train_indices=train_indices,
+            # explicit training cells without validation cells: no early stopping (not "all other cells")
+            validation_indices=(
+                np.array([], dtype=np.int64)
+                if train_indices is not None and validation_indices is None
+                else validation_indices
+            ),
+            train_size=train_size,
+            seed=settings.seed,
+        )
         x = self._features(prepared)
         y = prepared.adata.obs["labels"].to_numpy()
         p = self.init_params_

@@ -103,6 +103,13 @@ class ScoreModule(nn.Module):
         Dropout inside the blocks.
     p_uncond
         Probability of replacing a training label by the null class.
+    gaussian_base
+        Add the exact denoiser of a Gaussian per class to the network's output, ``ε_θ = ε_G + r_θ``, so that
+        the network learns only the residual (it starts at zero: the untrained model is the Gaussian one). For
+        ``x₀ ~ N(μ_y, Σ_y)`` and ``x_t = √ᾱ x₀ + √(1−ᾱ) ε`` the minimum-error noise prediction is
+        ``ε_G = √(1−ᾱ) (ᾱ Σ_y + (1−ᾱ) I)⁻¹ (x_t − √ᾱ μ_y)`` (the posterior mean of ``ε``; the Gaussian score
+        approximation of Wang & Vastola 2023). ``μ_y`` and ``Σ_y`` are buffers set by
+        :meth:`set_class_gaussians`; the null class gets the Gaussian of all cells.
     """
 
     def __init__(
@@ -117,9 +124,16 @@ class ScoreModule(nn.Module):
         n_time_embed: int = 64,
         dropout_rate: float = 0.0,
         p_uncond: float = 0.1,
+        gaussian_base: bool = False,
     ) -> None:
         super().__init__()
         self.n_input, self.n_classes = int(n_input), int(n_classes)
+        self.gaussian_base = bool(gaussian_base)
+        if self.gaussian_base:  # per class (+ null) mean and eigendecomposition of the covariance
+            k, d = self.n_classes + 1, self.n_input
+            self.register_buffer("g_mean", torch.zeros(k, d))
+            self.register_buffer("g_evecs", torch.eye(d).expand(k, d, d).clone())
+            self.register_buffer("g_evals", torch.ones(k, d))
         self.n_time_embed, self.p_uncond = int(n_time_embed), float(p_uncond)
         self.schedule = NoiseSchedule(n_timesteps, kind=noise_schedule)
         # standardisation of the embedding, set by the model from its training data
@@ -161,13 +175,77 @@ class ScoreModule(nn.Module):
         """Standardised diffusion space → embedding."""
         return z * self.x_std + self.x_mean
 
+    @torch.no_grad()
+    def set_class_gaussians(
+        self, z: torch.Tensor, y: torch.Tensor, *, shrinkage: float | None = None
+    ) -> None:
+        """Fit the Gaussians of ``gaussian_base`` to standardised training embeddings.
+
+        Each class covariance is shrunk towards the pooled within-class covariance,
+        ``Σ_y = (n_y S_y + κ S_pooled) / (n_y + κ)`` (the posterior mean under a normal-inverse-Wishart prior
+        centred on the pooled covariance; rare classes borrow the shape of the others), with ``κ`` =
+        ``shrinkage`` (default: the embedding width). The null class gets the mean and covariance of all cells.
+
+        Parameters
+        ----------
+        z
+            ``(n, n_input)`` standardised embeddings of the training cells.
+        y
+            ``(n,)`` class indices.
+        shrinkage
+            ``κ``, in cells.
+        """
+        if not self.gaussian_base:
+            msg = "set_class_gaussians needs a module built with gaussian_base=True."
+            raise ValueError(msg)
+        z, y = z.double(), y.long()
+        d, c = z.shape[1], self.n_classes
+        kappa = float(d if shrinkage is None else shrinkage)
+        means = torch.zeros(c + 1, d, dtype=torch.float64)
+        scatter = torch.zeros(c + 1, d, d, dtype=torch.float64)
+        counts = torch.zeros(c + 1, dtype=torch.float64)
+        for k in range(c):
+            zk = z[y == k]
+            counts[k] = len(zk)
+            if len(zk):
+                means[k] = zk.mean(0)
+                r = zk - means[k]
+                scatter[k] = r.T @ r
+        pooled = scatter[:c].sum(0) / max(float(counts[:c].sum()) - int((counts[:c] > 0).sum()), 1.0)
+        covs = (scatter[:c] + kappa * pooled) / (counts[:c, None, None] + kappa)
+        means[c] = z.mean(0)
+        r = z - means[c]
+        total = r.T @ r / max(len(z) - 1, 1)
+        covs = torch.cat([covs, total[None]]) + 1e-6 * torch.eye(d, dtype=torch.float64)
+        evals, evecs = torch.linalg.eigh(covs)
+        self.g_mean.copy_(means.float())
+        self.g_evals.copy_(evals.clamp_min(1e-6).float())
+        self.g_evecs.copy_(evecs.float())
+
+    def gaussian_eps(self, x_t: torch.Tensor, t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """Exact noise prediction of the class Gaussians (see ``gaussian_base``).
+
+        ``x_t`` is ``(n, d)`` with ``t`` and ``y`` ``(n,)``, or ``(n, k, d)`` with ``t`` ``(k,)`` or scalar and
+        ``y`` ``(k,)`` (every cell under each of ``k`` classes).
+        """
+        a = self.schedule.alphas_cumprod.to(x_t.dtype)[t.long()]
+        a = a[..., None]  # (n, 1) or (k, 1)
+        y = y.long()
+        mu, evecs, lam = self.g_mean[y], self.g_evecs[y], self.g_evals[y]
+        diff = x_t - a.sqrt() * mu
+        proj = torch.einsum("...d,...de->...e", diff, evecs) / (a * lam + 1 - a)
+        return (1 - a).sqrt() * torch.einsum("...e,...de->...d", proj, evecs)
+
     def forward(self, x_t: torch.Tensor, t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """Predict the noise ``ε_θ(x_t, t, y)``; ``y == n_classes`` means unconditional."""
         cond = self.time_mlp(timestep_embedding(t, self.n_time_embed)) + self.class_embedding(y)
         h = self.input(x_t)
         for block in self.blocks:
             h = block(h, cond)
-        return self.out(self.out_norm(h))
+        eps = self.out(self.out_norm(h))
+        if self.gaussian_base:
+            eps = eps + self.gaussian_eps(x_t, t, y)
+        return eps
 
     def denoising_loss(
         self, x: torch.Tensor, y: torch.Tensor, *, generator: torch.Generator | None = None
@@ -211,7 +289,10 @@ class ScoreModule(nn.Module):
         for block in self.blocks:
             scale, shift = block.film(F.silu(cond)).chunk(2, dim=-1)  # (c, H) each
             h = block.forward_film(h, scale, shift)
-        return self.out(self.out_norm(h))
+        eps = self.out(self.out_norm(h))
+        if self.gaussian_base:
+            eps = eps + self.gaussian_eps(x_t[:, None, :], t_vec, classes)
+        return eps
 
     @torch.no_grad()
     def class_errors(

@@ -8,7 +8,7 @@ import lightning.pytorch as pl
 import numpy as np
 from torch.utils.data import DataLoader
 
-__all__ = ["IndexDataModule", "split_indices"]
+__all__ = ["IndexDataModule", "resolve_split", "split_indices"]
 
 
 def split_indices(
@@ -23,6 +23,34 @@ def split_indices(
     n_val = n_obs - n_train if validation_size is None else int(np.floor(validation_size * n_obs))
     n_val = min(n_val, n_obs - n_train)
     return np.sort(perm[:n_train]), np.sort(perm[n_train : n_train + n_val])
+
+
+def resolve_split(
+    n_obs: int,
+    *,
+    train_indices: np.ndarray | None = None,
+    validation_indices: np.ndarray | None = None,
+    train_size: float,
+    validation_size: float | None = None,
+    seed: int,
+) -> tuple[np.ndarray, np.ndarray]:
+    """The training and validation cells of a model's ``train`` call.
+
+    Explicit ``train_indices`` win (validation: ``validation_indices``, or every other cell); otherwise the
+    seeded random split of :func:`split_indices`. Every model and every helper that needs to know which cells
+    a call will train on (e.g. class frequencies for class weights) goes through this one function, so they
+    cannot disagree.
+
+    Returns
+    -------
+    ``(train, validation)`` integer positions.
+    """
+    if train_indices is None:
+        return split_indices(n_obs, train_size=train_size, validation_size=validation_size, seed=seed)
+    tr = np.asarray(train_indices, dtype=np.int64)
+    if validation_indices is None:
+        return tr, np.setdiff1d(np.arange(n_obs), tr)
+    return tr, np.asarray(validation_indices, dtype=np.int64)
 
 
 class IndexDataModule(pl.LightningDataModule):
