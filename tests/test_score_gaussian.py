@@ -38,7 +38,9 @@ def test_gaussian_eps_is_the_exact_posterior_mean_of_the_noise():
         got = m.gaussian_eps(xt, t, torch.full((5,), k))
         torch.testing.assert_close(got.double(), want, rtol=1e-4, atol=1e-5)
     # the untrained network adds zero, and the all-classes path equals one forward per class
-    torch.testing.assert_close(m(xt, t, torch.zeros(5, dtype=torch.long)), m.gaussian_eps(xt, t, torch.zeros(5)))
+    torch.testing.assert_close(
+        m(xt, t, torch.zeros(5, dtype=torch.long)), m.gaussian_eps(xt, t, torch.zeros(5))
+    )
     both = m._eps_all_classes(xt, 300)
     for k in range(2):
         torch.testing.assert_close(both[:, k], m(xt, torch.full((5,), 300), torch.full((5,), k)))
@@ -57,7 +59,9 @@ def test_untrained_gaussian_base_classifies_by_covariance_and_plain_mlp_does_not
         err = m.class_errors(xq, n_eval_timesteps=20, n_noise=4, generator=g)
         acc[base] = float((err.argmin(1) == yq).float().mean())
     # close to the Bayes classifier (the true class likelihoods: 0.845 here) from the start
-    lp = torch.stack([torch.distributions.MultivariateNormal(torch.zeros(3), c).log_prob(xq) for c in covs], 1)
+    lp = torch.stack(
+        [torch.distributions.MultivariateNormal(torch.zeros(3), c).log_prob(xq) for c in covs], 1
+    )
     bayes = float((lp.argmax(1) == yq).float().mean())
     assert acc[True] > bayes - 0.03
     assert acc[False] < 0.65  # an untrained network outputs zero for every class: no information
