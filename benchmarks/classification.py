@@ -180,6 +180,34 @@ def build_model(cls, data, init: dict, train_kw: dict, tr, va, *, embedding_key:
     return model, kw
 
 
+def fit_and_score(cls, fit, test, init: dict, train_kw: dict, tr, va, *, embedding_key: str | None = None):
+    """Build (:func:`build_model`), train and score one model on a split.
+
+    Returns ``(model, train seconds, validation report, test report)``: ``classification_report`` of the
+    validation cells (labels only) and of the test cells (with probabilities); ``fit`` is not modified.
+    """
+    import time
+
+    import numpy as np
+
+    from scpredict.metrics import classification_report
+
+    data = fit.copy()
+    t0 = time.perf_counter()
+    model, kw = build_model(cls, data, dict(init), dict(train_kw), tr, va, embedding_key=embedding_key)
+    model.train(**kw)
+    train_s = time.perf_counter() - t0
+    classes = np.asarray(model.classes_)
+    y_fit = data.obs["cell_type"].astype(str).to_numpy()
+    val = classification_report(
+        y_fit[va], classes[model.get_probabilities(data[va]).argmax(1)], classes=classes
+    )
+    proba = model.get_probabilities(test)
+    truth = test.obs["cell_type"].astype(str).to_numpy()
+    rep = classification_report(truth, classes[proba.argmax(1)], proba=proba, classes=classes)
+    return model, train_s, val, rep
+
+
 def run_dataset(
     name: str,
     *,

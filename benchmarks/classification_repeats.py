@@ -29,7 +29,6 @@ import json
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
@@ -61,10 +60,8 @@ def _save(path: Path, state: dict) -> None:
 
 def run_seed(name: str, seed: int, *, quick: bool, state: dict, out: Path) -> None:
     """Fit and score the rows of ``ROWS`` on the split ``seed`` of dataset ``name``; append to ``state``."""
-    import numpy as np
 
     import scpredict as sp
-    from scpredict.metrics import classification_report
 
     done = {(r["dataset"], r["seed"], r["model"]) for r in state["rows"]}
     todo = [m for m in ROWS if (name, seed, m) not in done]
@@ -74,7 +71,6 @@ def run_seed(name: str, seed: int, *, quick: bool, state: dict, out: Path) -> No
     adata = load_split(name, seed)
     fit, test, tr, va = C.split_fit_test(adata)
     truth = test.obs["cell_type"].astype(str).to_numpy()
-    y_fit = fit.obs["cell_type"].astype(str).to_numpy()
     state["infos"].setdefault(name, {})[str(seed)] = {
         **C.split_sizes(adata, test, tr, va),
         "n_test_classes": int(len(set(truth))),
@@ -83,18 +79,7 @@ def run_seed(name: str, seed: int, *, quick: bool, state: dict, out: Path) -> No
     for label in todo:
         cls_name, init, train_kw, _ = specs[label]
         cls = getattr(sp.models, cls_name)
-        data = fit.copy()
-        query = test
-        emb_key = None
-        t0 = time.perf_counter()
-        model, kw = C.build_model(cls, data, init, train_kw, tr, va, embedding_key=emb_key)
-        model.train(**kw)
-        train_s = time.perf_counter() - t0
-        classes = np.asarray(model.classes_)
-        val_pred = classes[model.get_probabilities(data[va]).argmax(1)]
-        val_rep = classification_report(y_fit[va], val_pred, classes=model.classes_)
-        proba = model.get_probabilities(query)
-        rep = classification_report(truth, classes[proba.argmax(1)], proba=proba, classes=model.classes_)
+        model, train_s, val_rep, rep = C.fit_and_score(cls, fit, test, init, train_kw, tr, va)
         row = {
             "dataset": name,
             "seed": seed,

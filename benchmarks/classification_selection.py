@@ -28,7 +28,6 @@ import argparse
 import json
 import os
 import sys
-import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
@@ -48,10 +47,8 @@ def _save(path: Path, state: dict) -> None:
 
 def run(name: str, model: str, configs: dict, seeds: list[int], *, quick: bool, out: Path) -> dict:
     """Fit every configuration on every split of ``name``; rows appended to ``out`` as they finish."""
-    import numpy as np
 
     import scpredict as sp
-    from scpredict.metrics import classification_report
 
     state = json.loads(out.read_text()) if out.exists() else {"model": model, "rows": []}
     done = {(r["dataset"], r["seed"], r["config"]) for r in state["rows"]}
@@ -63,23 +60,11 @@ def run(name: str, model: str, configs: dict, seeds: list[int], *, quick: bool, 
             continue
         adata = load_split(name, seed)
         fit, test, tr, va = C.split_fit_test(adata)
-        y_fit = fit.obs["cell_type"].astype(str).to_numpy()
-        truth = test.obs["cell_type"].astype(str).to_numpy()
         for label in todo:
             over = configs[label]
-            data = fit.copy()
-            t0 = time.perf_counter()
-            m, kw = C.build_model(
-                cls, data, {**init0, **over.get("init", {})}, {**train0, **over.get("train", {})}, tr, va
+            m, train_s, val, rep = C.fit_and_score(
+                cls, fit, test, {**init0, **over.get("init", {})}, {**train0, **over.get("train", {})}, tr, va
             )
-            m.train(**kw)
-            train_s = time.perf_counter() - t0
-            classes = np.asarray(m.classes_)
-            val = classification_report(
-                y_fit[va], classes[m.get_probabilities(data[va]).argmax(1)], classes=m.classes_
-            )
-            proba = m.get_probabilities(test)
-            rep = classification_report(truth, classes[proba.argmax(1)], proba=proba, classes=m.classes_)
             row = {
                 "dataset": name,
                 "seed": seed,
