@@ -689,9 +689,12 @@ def test_compare_classifiers_per_model_setup_override():
     )
     assert list(table.index) == ["plain", "with_emb"]
     # the override reaches setup_anndata of that model only: a missing key fails there, naming the key
+    # (SCORE reads the embedding; LogReg ignores embedding_key, so "with_emb" above ran on the genes)
     with pytest.raises(KeyError, match="X_missing"):
         sp.tl.compare_classifiers(
-            adata, {"m": (logreg, {}, None, {"embedding_key": "X_missing"})}, labels_key="cell_type"
+            adata,
+            {"m": ("ScoreClassifier", {"n_hidden": 16}, {"max_epochs": 1}, {"embedding_key": "X_missing"})},
+            labels_key="cell_type",
         )
     with pytest.raises(ValueError, match="setup_kwargs may only override"):
         sp.tl.compare_classifiers(adata, {"m": (logreg, {}, {}, {"labels_key": "x"})}, labels_key="cell_type")

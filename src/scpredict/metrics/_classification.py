@@ -1,6 +1,7 @@
 """Classification metrics: accuracy, F1 (per class, macro, weighted), calibration, hierarchical scoring.
 
-Pure numpy/pandas. Labels are compared as strings, so categorical, object and numeric label arrays mix freely.
+Pure numpy/pandas. Labels are compared as strings, so categorical, object and numeric label arrays mix freely
+(an integral float label such as ``1.0`` is the string ``"1"``, like the integer ``1``).
 The set of classes scored is the set of labels in the truth (a class the model was never trained on counts,
 with F1 = 0; a predicted label absent from the truth, such as ``"unknown"``, only costs recall of the true
 class), as in scTab's evaluation (Fischer et al. 2024).
@@ -25,6 +26,13 @@ __all__ = [
 ]
 
 
+def _label(v: object) -> str:
+    """A label as a string; an integral float (``1.0``, as pandas stores integer labels next to NaN) as ``"1"``."""
+    if isinstance(v, (float, np.floating)) and float(v).is_integer():
+        return str(int(v))
+    return str(v)
+
+
 def _as_str(x: Iterable) -> np.ndarray:
     arr = np.asarray(
         pd.Series(list(x) if not isinstance(x, (np.ndarray, pd.Series, pd.Index)) else x), dtype=object
@@ -32,7 +40,7 @@ def _as_str(x: Iterable) -> np.ndarray:
     if pd.isna(arr).any():
         msg = f"labels contain {int(pd.isna(arr).sum())} missing values; drop or fill them first."
         raise ValueError(msg)
-    return arr.astype(str)
+    return np.array([_label(v) for v in arr], dtype=str) if arr.size else arr.astype(str)
 
 
 def _pair(y_true: Iterable, y_pred: Iterable) -> tuple[np.ndarray, np.ndarray]:
@@ -132,13 +140,21 @@ def weighted_f1(y_true: Iterable, y_pred: Iterable) -> float:
 
 
 def expected_calibration_error(
-    y_true: Iterable, proba: np.ndarray, *, classes: Sequence[str], n_bins: int = 15
+    y_true: Iterable,
+    proba: np.ndarray,
+    *,
+    classes: Sequence[str],
+    n_bins: int = 15,
+    y_pred: Iterable | None = None,
 ) -> float:
     """Top-label expected calibration error (Guo et al., ICML 2017).
 
     Cells are binned by their highest probability into ``n_bins`` equal-width bins on ``[0, 1]``;
     ``ECE = Σ_b |B_b|/n · |accuracy(B_b) − mean confidence(B_b)|``. A cell whose true label is not among
-    ``classes`` counts as wrongly predicted.
+    ``classes`` counts as wrongly predicted. The confidence is always the highest probability; what counts as
+    correct is ``classes[argmax]`` equal to the truth, or ``y_pred`` equal to it when given (e.g. the
+    hierarchy-adjusted predictions of :func:`hierarchical_predictions`, so that calibration is scored by the
+    same rule as accuracy).
 
     Parameters
     ----------
@@ -150,6 +166,8 @@ def expected_calibration_error(
         Label of each column of ``proba``.
     n_bins
         Number of confidence bins.
+    y_pred
+        Optional predicted labels that decide correctness instead of ``classes[argmax]``.
 
     Returns
     -------
@@ -165,7 +183,11 @@ def expected_calibration_error(
         msg = "proba contains NaN or infinite values."
         raise ValueError(msg)
     conf = proba.max(axis=1)
-    correct = classes[proba.argmax(axis=1)] == t
+    if y_pred is None:
+        correct = classes[proba.argmax(axis=1)] == t
+    else:
+        t, p = _pair(t, y_pred)
+        correct = p == t
     bins = np.clip(np.ceil(conf * n_bins).astype(int) - 1, 0, n_bins - 1)  # right-closed bins (lo, hi]
     ece = 0.0
     for b in range(n_bins):
@@ -252,11 +274,11 @@ def hierarchical_predictions(
     """
     t, p = _pair(y_true, y_pred)
     desc = _descendants(hierarchy)
-    out = p.copy()
+    out = p.astype(object)  # a true parent may be longer than every predicted label (fixed-width strings)
     for i, (ti, pi) in enumerate(zip(t, p, strict=True)):
         if ti != pi and pi in desc.get(ti, ()):
             out[i] = ti
-    return out
+    return out.astype(str)
 
 
 def classification_report(
@@ -282,7 +304,8 @@ def classification_report(
         Column labels of ``proba`` (the model's classes); needed with ``proba``, and used to report true labels
         the model does not know.
     hierarchy
-        Optional parent → children table; predictions of a subtype of the truth then count as correct.
+        Optional parent → children table; predictions of a subtype of the truth then count as correct (in the
+        calibration error too, where the top-probability class decides).
     n_bins
         Bins of the calibration error.
 
@@ -295,6 +318,11 @@ def classification_report(
     t, p = _pair(y_true, y_pred)
     if hierarchy is not None:
         p = hierarchical_predictions(t, p, hierarchy=hierarchy)
+    calib_pred = None
+    if proba is not None and classes is not None and hierarchy is not None:
+        # calibration by the same rule as accuracy: a subtype of the truth counts as correct
+        top = np.asarray(classes, dtype=str)[np.asarray(proba).argmax(axis=1)]
+        calib_pred = hierarchical_predictions(t, top, hierarchy=hierarchy)
     unseen: list[str] = []
     if classes is not None:
         known = set(np.asarray(classes, dtype=str))
@@ -307,7 +335,7 @@ def classification_report(
         "macro_f1": macro_f1(t, p),
         "weighted_f1": weighted_f1(t, p),
         "per_class_f1": per_class_f1(t, p),
-        "ece": expected_calibration_error(t, proba, classes=classes, n_bins=n_bins)
+        "ece": expected_calibration_error(t, proba, classes=classes, n_bins=n_bins, y_pred=calib_pred)
         if proba is not None
         else np.nan,
         "n_cells": int(t.shape[0]),

@@ -13,6 +13,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 import pandas as pd
+import scipy.sparse as sp_sparse
 import torch
 from anndata import AnnData
 
@@ -22,12 +23,22 @@ from .._utils import check_keys, get_array, jsonable, record_provenance
 from ..data._alignment import align_genes, align_matrix
 from ..pp._check import Scale, check_input
 
-__all__ = ["BaseModel", "SetupRecord", "PreparedData", "FORMAT_VERSION", "DEFAULT_TRAIN_SIZE"]
+__all__ = ["BaseModel", "SetupRecord", "PreparedData", "FORMAT_VERSION", "DEFAULT_TRAIN_SIZE", "obsm_array"]
 
 #: version of the on-disk model format written by :meth:`BaseModel.save`
 FORMAT_VERSION = 1
 #: fraction of cells trained on when ``train`` gets neither indices nor ``train_size``
 DEFAULT_TRAIN_SIZE = 0.9
+
+
+def obsm_array(adata: AnnData, key: str) -> np.ndarray:
+    """``adata.obsm[key]`` as a dense float32 array (from numpy, a DataFrame or a scipy sparse matrix)."""
+    m = adata.obsm[key]
+    m = m.to_numpy() if isinstance(m, pd.DataFrame) else m
+    m = m.toarray() if sp_sparse.issparse(m) else m
+    return np.asarray(m, dtype=np.float32)
+
+
 _WEIGHTS = "weights.safetensors"
 _META = "model.json"
 X_KEY = "X"
@@ -308,6 +319,15 @@ class BaseModel:
             codes[key] = idx.astype(np.int64)
         return codes
 
+    def _inference_keys(self) -> list[str] | None:
+        """Registry keys that prediction reads (``None``: all registered); a query lacking the others (e.g. the
+        labels of a classifier) can still be attached by :meth:`load`."""
+        return None
+
+    def _obsm_widths(self) -> dict[str, int]:
+        """Expected number of columns of registered ``obsm`` matrices (checked on new data), by registry key."""
+        return {}
+
     def _prepare(
         self,
         adata: AnnData | None = None,
@@ -345,6 +365,9 @@ class BaseModel:
         rec = self.setup_
         wanted = set(rec.categorical) | set(rec.continuous) | set(rec.obsm) if keys is None else set(keys)
         x = get_array(adata, layer=rec.layer)
+        if not isinstance(x, np.ndarray) and not sp_sparse.issparse(x):
+            # a backed matrix (h5py dataset, anndata's on-disk sparse dataset) for a model that does not stream
+            x = x.to_memory() if hasattr(x, "to_memory") else np.asarray(x[...])
         if check_scale:
             check_input(adata, layer=rec.layer, scale=rec.scale, name=type(self).__name__)  # type: ignore[arg-type]
         alignment = align_genes(
@@ -369,9 +392,21 @@ class BaseModel:
         for k, key in rec.obsm.items():
             if k in wanted:
                 check_keys(adata, obsm=[key])
-                m = adata.obsm[key]
-                m = m.to_numpy() if isinstance(m, pd.DataFrame) else m
-                obsm[k] = np.asarray(m, dtype=np.float32)
+                m = obsm_array(adata, key)
+                if m.ndim != 2:
+                    raise ValueError(f"adata.obsm[{key!r}] must be a 2-d matrix, got shape {m.shape}.")
+                width = self._obsm_widths().get(k)
+                if width is not None and m.shape[1] != width:
+                    raise ValueError(
+                        f"adata.obsm[{key!r}] has {m.shape[1]} columns; this {type(self).__name__} was trained "
+                        f"on {width}. Compute the query's embedding the way the training embedding was computed."
+                    )
+                bad = int(np.size(m) - np.isfinite(m).sum())
+                if bad:
+                    raise ValueError(
+                        f"adata.obsm[{key!r}] has {bad} NaN or infinite values; drop or fix those cells first."
+                    )
+                obsm[k] = m
         internal = AnnData(X=x, obs=obs, var=pd.DataFrame(index=pd.Index(self.var_names_)), obsm=obsm)
         fields = [LayerField(X_KEY, None, is_count_data=rec.scale == "counts")]
         fields += [NumericalObsField(k, k) for k in list(codes) + [k for k in rec.continuous if k in wanted]]
@@ -770,7 +805,9 @@ class BaseModel:
             Folder written by :meth:`save`.
         adata
             Optional AnnData to attach (for further training or as the default of ``predict``); its genes are
-            aligned by name, and it is set up with the saved arguments if it is not already.
+            aligned by name and checked against what prediction reads, and, when it holds every registered
+            ``obs``/``obsm`` column, it is set up with the saved arguments if it is not already. A query
+            without the training labels (or with labels the model never saw) can be attached for prediction.
         """
         from safetensors.torch import load_file
 
@@ -810,17 +847,24 @@ class BaseModel:
         model._load_extra_files(directory)
         model._set_state_arrays(state)
         if adata is not None:
+            rec = model.setup_
             store = adata.uns.get(SETUP_UNS_KEY, {})
-            if cls.__name__ not in store:
+            columns = list(rec.categorical.values()) + list(rec.continuous.values())
+            complete = all(c in adata.obs for c in columns) and all(
+                k in adata.obsm for k in rec.obsm.values()
+            )
+            if complete and cls.__name__ not in store:  # data to train on: register it like setup_anndata
                 cls._setup(
                     adata,
-                    layer=model.setup_.layer,
-                    scale=model.setup_.scale,  # type: ignore[arg-type]
-                    categorical=model.setup_.categorical,
-                    continuous=model.setup_.continuous,
-                    obsm=model.setup_.obsm,
-                    extra=model.setup_.extra,
+                    layer=rec.layer,
+                    scale=rec.scale,  # type: ignore[arg-type]
+                    categorical=rec.categorical,
+                    continuous=rec.continuous,
+                    obsm=rec.obsm,
+                    extra=rec.extra,
                 )
-            model._prepare(adata)  # validates genes and categories now rather than at first use
+            # validate genes now rather than at first use, with what prediction reads: a query's labels may be
+            # missing or hold classes the model never saw (train() validates everything it needs itself)
+            model._prepare(adata, keys=model._inference_keys())
             model.adata = adata
         return model

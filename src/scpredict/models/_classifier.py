@@ -45,10 +45,13 @@ def setup_classifier(
     if n_classes < 2:
         msg = f"adata.obs[{labels_key!r}] holds {n_classes} class; a classifier needs at least two."
         raise ValueError(msg)
+    if not getattr(cls, "_uses_embedding", False):
+        embedding_key = None  # documented as not used by this model: neither checked nor required of queries
     if embedding_key is not None:
         check_keys(adata, obsm=[embedding_key])
-        emb = np.asarray(adata.obsm[embedding_key], dtype=float)
-        if not np.isfinite(emb).all():
+        from ._base import obsm_array
+
+        if not np.isfinite(obsm_array(adata, embedding_key)).all():
             msg = f"adata.obsm[{embedding_key!r}] contains NaN or infinite values."
             raise ValueError(msg)
     cls._setup(
@@ -75,8 +78,11 @@ def log_normalize(x: Any, *, scale: str) -> Any:
         x = x.astype(np.float32, copy=False)
         s = x.sum(axis=1, keepdims=True)
         return np.log1p(x * (TARGET_SUM / np.maximum(s, 1.0)))
-    import torch  # torch tensor
+    import torch
 
+    if not isinstance(x, torch.Tensor):
+        msg = f"expected a numpy array, scipy sparse matrix or torch tensor, got {type(x).__name__}."
+        raise TypeError(msg)
     return torch.log1p(x * (TARGET_SUM / x.sum(dim=1, keepdim=True).clamp_min(1.0)))
 
 
@@ -148,8 +154,17 @@ class ClassifierMixin:
         """Class labels, in the column order of the probabilities."""
         return list(self.vocab_["labels"])  # type: ignore[attr-defined]
 
+    #: whether the model reads an ``obsm`` embedding (``setup_anndata(embedding_key=...)``); the others ignore it
+    _uses_embedding: bool = False
+    #: default ``key_added`` of :meth:`predict`
+    _default_key: str = "classifier"
+
     def _input_keys(self) -> list[str]:
-        return ["X"] + (["embedding"] if "embedding" in self.setup_.obsm else [])  # type: ignore[attr-defined]
+        uses = self._uses_embedding and "embedding" in self.setup_.obsm  # type: ignore[attr-defined]
+        return ["X"] + (["embedding"] if uses else [])
+
+    def _inference_keys(self) -> list[str]:
+        return self._input_keys()
 
     def _check_trained(self) -> None:
         if not self.is_trained_:  # type: ignore[attr-defined]
@@ -184,6 +199,7 @@ class ClassifierMixin:
         *,
         key_added: str | None = None,
         min_confidence: float = 0.0,
+        unknown_label: str = UNKNOWN,
         batch_size: int = 1024,
     ) -> None:
         """Predict the class of every cell.
@@ -194,9 +210,14 @@ class ClassifierMixin:
             Cells to classify (default: the training AnnData). Genes are aligned by name; the labels column
             is not needed.
         key_added
-            Key used in every slot written (default: the model's snake-case name, e.g. ``"tabnet"``).
+            Key used in every slot written (default per model: ``"logreg"``, ``"xgboost"``, ``"linear"``,
+            ``"tabnet"``, ``"score"``).
         min_confidence
-            Cells whose highest probability is below this get the label ``"unknown"``.
+            Cells whose highest probability is below this get the label ``unknown_label``.
+        unknown_label
+            Label of the low-confidence cells. It must not be one of the model's classes when
+            ``min_confidence > 0`` (CELLxGENE, for one, has a cell type called ``"unknown"``): pass another
+            one, e.g. ``"low_confidence"``.
         batch_size
             Cells per forward pass.
 
@@ -204,39 +225,39 @@ class ClassifierMixin:
         -------
         ``None``; writes
 
-        - ``adata.obs[key_added]``: categorical predicted label (``"unknown"`` below ``min_confidence``);
+        - ``adata.obs[key_added]``: categorical predicted label (``unknown_label`` below ``min_confidence``);
         - ``adata.obs[f"{key_added}_confidence"]``: highest class probability;
         - ``adata.obsm[f"{key_added}_proba"]``: ``(n_cells, n_classes)`` probabilities;
-        - ``adata.uns[key_added]``: ``classes`` (column order of the probabilities), params, model, version,
-          gene list.
+        - ``adata.uns[key_added]``: ``classes`` (column order of the probabilities), ``n_unknown`` (cells below
+          ``min_confidence``), params, model, version, gene list.
         """
         if not 0.0 <= min_confidence <= 1.0:
             msg = f"min_confidence must be in [0, 1], got {min_confidence}."
+            raise ValueError(msg)
+        classes = self.classes_
+        if min_confidence > 0 and unknown_label in classes:
+            msg = (
+                f"{unknown_label!r} is one of this model's classes, so low-confidence cells could not be told "
+                f"apart from it; pass another unknown_label (e.g. unknown_label='low_confidence')."
+            )
             raise ValueError(msg)
         adata = self.adata if adata is None else adata  # type: ignore[attr-defined]
         key_added = key_added or self._default_key
         proba = self.get_probabilities(
             adata, batch_size=batch_size
         )  # compute first: a failure writes nothing
-        classes = self.classes_
         conf = proba.max(axis=1)
         labels = np.asarray(classes, dtype=object)[proba.argmax(axis=1)]
-        labels[conf < min_confidence] = UNKNOWN
-        cats = classes + ([UNKNOWN] if UNKNOWN not in classes else [])
+        low = conf < min_confidence
+        labels[low] = unknown_label
+        cats = classes + ([unknown_label] if unknown_label not in classes else [])
         adata.obs[key_added] = pd.Categorical(labels, categories=cats)
         adata.obs[confidence_key(key_added)] = conf.astype(np.float32)
         adata.obsm[proba_key(key_added)] = proba.astype(np.float32)
         self._record(  # type: ignore[attr-defined]
             adata,
             key_added,
-            {"min_confidence": min_confidence, "batch_size": batch_size},
+            {"min_confidence": min_confidence, "unknown_label": unknown_label, "batch_size": batch_size},
             classes=np.asarray(classes, dtype=object),
-            n_unknown=int((labels == UNKNOWN).sum()),
+            n_unknown=int(low.sum()),
         )
-
-    @property
-    def _default_key(self) -> str:
-        import re
-
-        name = type(self).__name__.removesuffix("Classifier") or type(self).__name__
-        return re.sub(r"(?<!^)(?=[A-Z])", "_", name).lower()

@@ -12,7 +12,7 @@ from anndata import AnnData
 
 from .._settings import settings
 from ..module._score import EmbeddingScoreModule
-from ._base import BaseModel
+from ._base import DEFAULT_TRAIN_SIZE, BaseModel, obsm_array
 
 __all__ = ["EmbeddingDiffusion"]
 
@@ -45,7 +45,7 @@ class EmbeddingDiffusion(BaseModel):
     --------
     >>> import numpy as np, scpredict as sp
     >>> adata = sp.datasets.synthetic_celltypes(n_cells=200, n_genes=50)
-    >>> adata.obsm["X_emb"] = np.log1p(adata.X[:, :8]).astype("float32")
+    >>> adata.obsm["X_emb"] = np.log1p(adata.X[:, :8].toarray()).astype("float32")
     >>> sp.models.EmbeddingDiffusion.setup_anndata(adata, embedding_key="X_emb", labels_key="cell_type")
     >>> model = sp.models.EmbeddingDiffusion(adata, n_hidden=32)
     >>> model.train(max_epochs=2)
@@ -78,7 +78,7 @@ class EmbeddingDiffusion(BaseModel):
         from .._utils import check_keys
 
         check_keys(adata, obsm=[embedding_key])
-        if not np.isfinite(np.asarray(adata.obsm[embedding_key], dtype=float)).all():
+        if not np.isfinite(obsm_array(adata, embedding_key)).all():
             msg = f"adata.obsm[{embedding_key!r}] contains NaN or infinite values."
             raise ValueError(msg)
         cls._setup(
@@ -110,9 +110,12 @@ class EmbeddingDiffusion(BaseModel):
             p_uncond=p_uncond,
             dropout_rate=dropout_rate,
         )
-        emb = np.asarray(adata.obsm[self.setup_.obsm["embedding"]], dtype=np.float32)
+        emb = obsm_array(adata, self.setup_.obsm["embedding"])
         self.extra_arrays_["n_embedding"] = np.array([emb.shape[1]], dtype=np.int64)
         self.module = self._build_module()
+
+    def _obsm_widths(self) -> dict[str, int]:
+        return {"embedding": int(self.extra_arrays_["n_embedding"][0])}
 
     @property
     def classes_(self) -> list[str]:
@@ -141,9 +144,18 @@ class EmbeddingDiffusion(BaseModel):
         **kwargs
             Passed to :meth:`BaseModel.train` (``train_size``, ``train_indices``, ``accelerator``, ...).
         """
-        emb = np.asarray(self.adata.obsm[self.setup_.obsm["embedding"]], dtype=np.float32)
-        idx = kwargs.get("train_indices")
-        ref = emb if idx is None else emb[np.asarray(idx)]
+        from ..train import resolve_split
+
+        emb = obsm_array(self.adata, self.setup_.obsm["embedding"])
+        tr, _ = resolve_split(
+            len(emb),
+            train_indices=kwargs.get("train_indices"),
+            validation_indices=kwargs.get("validation_indices"),
+            train_size=kwargs.get("train_size", DEFAULT_TRAIN_SIZE),
+            validation_size=kwargs.get("validation_size"),
+            seed=settings.seed,
+        )
+        ref = emb[tr]  # the cells BaseModel.train will fit on (the same split)
         std = ref.std(axis=0)
         self.module.score.set_standardization(
             torch.from_numpy(ref.mean(axis=0)), torch.from_numpy(np.where(std > 0, std, 1.0))
@@ -242,6 +254,9 @@ class EmbeddingDiffusion(BaseModel):
         New AnnData: ``obsm[embedding_key]``, ``obs[labels_key]``, ``obs["synthetic"]`` (False for real cells).
         """
         adata = self.adata if adata is None else adata
+        if adata is None:
+            msg = "pass adata= (this model was loaded without its training AnnData)."
+            raise ValueError(msg)
         key, emb_key = self.setup_.extra.get("labels_key"), self.setup_.obsm["embedding"]
         if key is None:
             msg = "get_augmented needs a model set up with labels_key."
@@ -253,7 +268,7 @@ class EmbeddingDiffusion(BaseModel):
             obs=pd.DataFrame(
                 {key: adata.obs[key].astype(str).to_numpy(), "synthetic": False}, index=adata.obs_names
             ),
-            obsm={emb_key: np.asarray(adata.obsm[emb_key], dtype=np.float32)},
+            obsm={emb_key: obsm_array(adata, emb_key)},
         )
         if not need:
             return real

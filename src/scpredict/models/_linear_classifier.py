@@ -53,6 +53,8 @@ class LinearClassifier(ClassifierMixin, BaseModel):
     'category'
     """
 
+    _default_key = "linear"
+
     @classmethod
     def setup_anndata(
         cls,

@@ -44,6 +44,8 @@ class LogisticRegressionClassifier(ClassifierMixin, BaseModel):
     (200, 4)
     """
 
+    _default_key = "logreg"
+
     _uses_torch = False
 
     @classmethod
@@ -106,12 +108,13 @@ class LogisticRegressionClassifier(ClassifierMixin, BaseModel):
         n_classes = len(self.classes_)
         coef = np.zeros((n_classes, x.shape[1]), dtype=np.float32)
         intercept = np.zeros(n_classes, dtype=np.float32)
-        if n_classes == 2 and clf.coef_.shape[0] == 1:  # binary: sklearn fits one row for class 1
-            coef[1], intercept[1] = clf.coef_[0], clf.intercept_[0]
+        seen = clf.classes_
+        if clf.coef_.shape[0] == 1:  # two classes seen: sklearn fits one row, the logit of the second one
+            coef[seen[1]], intercept[seen[1]] = clf.coef_[0], clf.intercept_[0]
         else:
-            coef[clf.classes_] = clf.coef_
-            intercept[clf.classes_] = clf.intercept_
-            intercept[np.setdiff1d(np.arange(n_classes), clf.classes_)] = -np.inf  # classes absent from fit
+            coef[seen] = clf.coef_
+            intercept[seen] = clf.intercept_
+        intercept[np.setdiff1d(np.arange(n_classes), seen)] = -np.inf  # classes absent from the fit
         self.coef_, self.intercept_ = coef, intercept
         self.is_trained_ = True
         self.train_params_ = {"n_train": int(len(idx)), "n_iter": int(np.max(clf.n_iter_))}

@@ -12,8 +12,8 @@ from anndata import AnnData
 
 from .._settings import settings
 from ..module._score import EmbeddingScoreModule
-from ._base import DEFAULT_TRAIN_SIZE, BaseModel
-from ._classifier import ClassifierMixin, InputScale, log_normalize, setup_classifier
+from ._base import DEFAULT_TRAIN_SIZE, BaseModel, obsm_array
+from ._classifier import ClassifierMixin, InputScale, add_loss_kwargs, log_normalize, setup_classifier
 
 __all__ = ["ScoreClassifier"]
 
@@ -200,6 +200,9 @@ class ScoreClassifier(ClassifierMixin, BaseModel):
     (200, 4)
     """
 
+    _default_key = "score"
+    _uses_embedding = True
+
     @classmethod
     def setup_anndata(
         cls,
@@ -311,7 +314,7 @@ class ScoreClassifier(ClassifierMixin, BaseModel):
                 raise ValueError(msg)
         if "embedding" in self.setup_.obsm:
             self.extra_arrays_["n_embedding"] = np.array(
-                [np.asarray(adata.obsm[self.setup_.obsm["embedding"]]).shape[1]], dtype=np.int64
+                [obsm_array(adata, self.setup_.obsm["embedding"]).shape[1]], dtype=np.int64
             )
         self.temperature_ = 1.0
         self.timestep_range_: tuple[float, float] = (
@@ -324,6 +327,11 @@ class ScoreClassifier(ClassifierMixin, BaseModel):
         self.encoder_folds_: np.ndarray | None = None
         self._fixed_embedding: np.ndarray | None = None
         self.module = self._build_module()
+
+    def _obsm_widths(self) -> dict[str, int]:
+        if "n_embedding" not in self.extra_arrays_:
+            return {}
+        return {"embedding": int(self.extra_arrays_["n_embedding"][0])}
 
     @property
     def _has_encoder(self) -> bool:
@@ -432,9 +440,17 @@ class ScoreClassifier(ClassifierMixin, BaseModel):
             train_indices=train_indices,
             validation_indices=validation_indices,
             train_size=train_size,
+            validation_size=kwargs.pop("validation_size", None),
             seed=settings.seed,
         )
+        user_plan = kwargs.pop("plan_kwargs", None)
         common = {"batch_size": batch_size, "train_indices": tr, "validation_indices": va, **kwargs}
+
+        def stage_kwargs(stage: str) -> dict[str, Any]:
+            kw = {"plan_kwargs": user_plan}
+            add_loss_kwargs(kw, stage=stage)
+            return kw
+
         history: dict = {}
         kind = self._encoder_kind
         encoder = self.module.encoder
@@ -447,7 +463,7 @@ class ScoreClassifier(ClassifierMixin, BaseModel):
                 weight_decay=0.05,
                 early_stopping_patience=min(early_stopping_patience, 20),
                 early_stopping_monitor="validation_accuracy",
-                plan_kwargs={"loss_kwargs": {"stage": "encoder"}},
+                **stage_kwargs("encoder"),
                 **common,
             )
             history.update({f"encoder_{k}": v for k, v in self.history_.items()})
@@ -476,7 +492,7 @@ class ScoreClassifier(ClassifierMixin, BaseModel):
                 max_epochs=max_epochs,
                 lr=lr,
                 early_stopping_patience=early_stopping_patience,
-                plan_kwargs={"loss_kwargs": {"stage": "diffusion"}},
+                **stage_kwargs("diffusion"),
                 **common,
             )
         finally:
@@ -658,6 +674,8 @@ class ScoreClassifier(ClassifierMixin, BaseModel):
         ts = self._scoring_timesteps() if timesteps is None else timesteps
         w = torch.as_tensor(np.asarray(self.timestep_weights_), dtype=torch.float32)
         self.module.eval()
+        # one table of noise draws for all cells: a cell's score does not depend on the rest of the query
+        noise = self.module.score.scoring_noise(len(ts), int(self.init_params_["n_noise"]), generator=gen)
         out = []
         with torch.no_grad():
             for start in range(0, emb.shape[0], batch_size):
@@ -665,8 +683,7 @@ class ScoreClassifier(ClassifierMixin, BaseModel):
                 err = self.module.score.class_errors(
                     x.to(self.device),
                     timesteps=ts.to(self.device),
-                    n_noise=self.init_params_["n_noise"],
-                    generator=gen,
+                    noise=noise,
                     per_timestep=per_timestep or weighted,
                 ).cpu()
                 if weighted:  # weighted mean over the scoring timesteps

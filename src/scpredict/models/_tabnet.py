@@ -154,6 +154,8 @@ class TabNetClassifier(ClassifierMixin, BaseModel):
     (200, 16)
     """
 
+    _default_key = "tabnet"
+
     @classmethod
     def setup_anndata(
         cls,

@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import scipy.sparse as sp_sparse
 from anndata import AnnData
 
 from .._settings import settings
@@ -58,6 +59,8 @@ class XGBoostClassifier(ClassifierMixin, BaseModel):
     >>> sorted(adata.uns["xgb"]["classes"])
     ['type0', 'type1', 'type2', 'type3']
     """
+
+    _default_key = "xgboost"
 
     _uses_torch = False
 
@@ -114,7 +117,16 @@ class XGBoostClassifier(ClassifierMixin, BaseModel):
         self.booster_ = None
 
     def _features(self, prepared: Any):
-        return log_normalize(prepared.adata.X, scale=self.setup_.scale)
+        """Log-normalised expression as CSR with no stored zeros, in training and prediction alike.
+
+        xgboost reads the entries a sparse matrix leaves out as *missing* but a dense zero as the value 0, and
+        the two take different branches of a split, so the same cells stored densely and sparsely would get
+        different predictions. One representation (zeros always missing; the usual one for scRNA-seq) avoids
+        that.
+        """
+        x = sp_sparse.csr_matrix(log_normalize(prepared.adata.X, scale=self.setup_.scale), dtype=np.float32)
+        x.eliminate_zeros()
+        return x
 
     def train(
         self,
@@ -130,7 +142,9 @@ class XGBoostClassifier(ClassifierMixin, BaseModel):
         ----------
         train_indices, validation_indices
             Integer positions of training / validation cells. By default a random ``train_size`` split
-            (seeded by ``sp.settings.seed``); validation cells are used only for early stopping.
+            (seeded by ``sp.settings.seed``); ``train_indices`` alone validate on every other cell, as in the
+            torch models (pass ``validation_indices=[]`` for none). Validation cells are used only for early
+            stopping.
         train_size
             Fraction of cells used for fitting when no indices are given (1.0: no early stopping).
         early_stopping_rounds
@@ -143,12 +157,7 @@ class XGBoostClassifier(ClassifierMixin, BaseModel):
         tr, va = resolve_split(
             prepared.n_obs,
             train_indices=train_indices,
-            # explicit training cells without validation cells: no early stopping (not "all other cells")
-            validation_indices=(
-                np.array([], dtype=np.int64)
-                if train_indices is not None and validation_indices is None
-                else validation_indices
-            ),
+            validation_indices=validation_indices,
             train_size=train_size,
             seed=settings.seed,
         )

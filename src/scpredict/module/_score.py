@@ -294,6 +294,23 @@ class ScoreModule(nn.Module):
             eps = eps + self.gaussian_eps(x_t[:, None, :], t_vec, classes)
         return eps
 
+    def scoring_noise(
+        self, n_timesteps: int, n_noise: int, *, generator: torch.Generator | None = None
+    ) -> torch.Tensor:
+        """Noise draws for scoring: ``(n_timesteps, n_noise, n_input)``, in antithetic pairs ``(ε, −ε)``.
+
+        One table is shared by every cell scored with it, so a cell's score depends on the cell alone, not on
+        its position in the query or on the other cells of its batch.
+        """
+        device = generator.device if generator is not None else self.x_mean.device
+        out = torch.empty(n_timesteps, n_noise, self.n_input, device=device)
+        for j in range(n_noise):
+            if j % 2 == 0:
+                out[:, j] = torch.randn((n_timesteps, self.n_input), device=device, generator=generator)
+            else:
+                out[:, j] = -out[:, j - 1]  # antithetic partner of the previous draw
+        return out.to(self.x_mean.device)
+
     @torch.no_grad()
     def class_errors(
         self,
@@ -304,12 +321,14 @@ class ScoreModule(nn.Module):
         generator: torch.Generator | None = None,
         timesteps: torch.Tensor | None = None,
         per_timestep: bool = False,
+        noise: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Expected denoising error of every cell under every class.
 
         Variance reduction: the same timesteps and noise draws are used for all classes of a cell (common
         random numbers: only differences between classes matter for classification), and noise draws come in
-        antithetic pairs ``(ε, −ε)`` (the second of each pair reuses the first's noise, negated).
+        antithetic pairs ``(ε, −ε)``. The draws are also the same for every cell (:meth:`scoring_noise`), so a
+        cell's scores do not depend on the other cells scored with it or on their order.
 
         Parameters
         ----------
@@ -318,13 +337,16 @@ class ScoreModule(nn.Module):
         n_eval_timesteps
             Number of evenly spaced timesteps averaged over (ignored when ``timesteps`` is given).
         n_noise
-            Noise draws per timestep.
+            Noise draws per timestep (ignored when ``noise`` is given).
         generator
             Random generator for the noise (fix its seed for reproducible scores).
         timesteps
             Explicit integer timesteps to evaluate.
         per_timestep
             Return the errors of every timestep instead of their mean.
+        noise
+            ``(n_timesteps, n_noise, n_input)`` draws from :meth:`scoring_noise` (to score a large query in
+            batches with one table); drawn here when ``None``.
 
         Returns
         -------
@@ -334,20 +356,22 @@ class ScoreModule(nn.Module):
         x0 = self.standardize(x)
         n = x0.shape[0]
         ts = self.eval_timesteps(n_eval_timesteps) if timesteps is None else torch.as_tensor(timesteps)
+        if noise is None:
+            noise = self.scoring_noise(len(ts), n_noise, generator=generator)
+        if noise.shape[0] != len(ts) or noise.shape[2] != self.n_input:
+            msg = f"noise must have shape ({len(ts)}, n_noise, {self.n_input}), got {tuple(noise.shape)}."
+            raise ValueError(msg)
+        noise = noise.to(device=x0.device, dtype=x0.dtype)
         abar = self.schedule.alphas_cumprod
         out = x0.new_zeros(n, len(ts), self.n_classes)
         for k, t_val in enumerate(ts.tolist()):
             a = abar[int(t_val)].to(x0.dtype)
-            noise = None
-            for j in range(n_noise):
-                if j % 2 == 0:
-                    noise = torch.randn(x0.shape, device=x0.device, generator=generator)
-                else:
-                    noise = -noise  # antithetic partner of the previous draw
-                x_t = a.sqrt() * x0 + (1 - a).sqrt() * noise
+            for j in range(noise.shape[1]):
+                eps_true = noise[k, j][None, :]
+                x_t = a.sqrt() * x0 + (1 - a).sqrt() * eps_true
                 eps = self._eps_all_classes(x_t, int(t_val))  # (n, c, d)
-                out[:, k] += (eps - noise[:, None, :]).pow(2).mean(dim=-1)
-        out /= n_noise
+                out[:, k] += (eps - eps_true[:, None, :]).pow(2).mean(dim=-1)
+        out /= noise.shape[1]
         return out if per_timestep else out.mean(dim=1)
 
     @torch.no_grad()

@@ -56,8 +56,13 @@ def classifier_comparison(
             raise KeyError(msg)
         ax.bar(x + (i - (len(metrics) - 1) / 2) * width, mean, width, yerr=sd, capsize=3, label=m)
     ax.set_xticks(x, [str(i) for i in results.index], rotation=30, ha="right")
-    ax.set_ylim(0, 1.05)
-    ax.set_ylabel("score")
+    bounded = {"accuracy", "macro_f1", "weighted_f1", "ece"}
+    if all(m in bounded or m.startswith("f1:") for m in metrics):  # scores in [0, 1]
+        ax.set_ylim(0, 1.05)
+        ax.set_ylabel("score")
+    else:  # e.g. train_s or predict_cells_per_s: let the data set the range
+        ax.set_ylim(bottom=0)
+        ax.set_ylabel("value")
     ax.legend(frameon=False, fontsize=8)
     return ax
 
@@ -155,7 +160,10 @@ def embedding(
     """
     import matplotlib.pyplot as plt
 
-    check_keys(adata, obs=[labels_key] + ([key] if key else []), obsm=[basis])
+    check_keys(adata, obs=[labels_key], obsm=[basis])
+    if key and key not in adata.obs.columns:  # cells without a prediction (NaN) are drawn as "NA"
+        msg = f"adata.obs[{key!r}] does not exist (obs columns: {list(adata.obs.columns)[:20]})."
+        raise KeyError(msg)
     x = np.asarray(adata.obsm[basis], dtype=np.float32)
     if method == "umap":
         import umap

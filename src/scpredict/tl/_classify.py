@@ -75,8 +75,9 @@ def compare_classifiers(
     split_key
         ``obs`` column with the split (e.g. from :func:`scpredict.pp.split_cells`).
     train, validation, test
-        Values of ``split_key`` naming the three sets (``validation=None``: no validation set; models then
-        split their training cells themselves).
+        Values of ``split_key`` naming the three sets (``validation=None``: no validation set; each model then
+        splits the training cells itself, as its ``train`` does by default, e.g. 90 % to fit and 10 % for early
+        stopping; test cells are never seen in training).
     layer, scale, embedding_key
         Passed to every model's ``setup_anndata`` (unless its ``setup_kwargs`` override them).
     hierarchy
@@ -88,7 +89,8 @@ def compare_classifiers(
     Returns
     -------
     One row per model (index = name): ``accuracy``, ``macro_f1``, ``weighted_f1``, ``ece``, ``train_s``
-    (wall-clock training seconds), ``predict_cells_per_s``, ``n_train``, ``n_test``, ``unseen_labels``
+    (wall-clock training seconds), ``predict_cells_per_s``, ``n_train`` (cells the model was fitted on),
+    ``n_test``, ``unseen_labels``
     (test labels the model never saw, ``;``-joined) and one ``f1:<class>`` column per test class.
     With ``key_added`` it also writes ``adata.obs[f"{key_added}_{name}"]`` and ``adata.uns[key_added]``
     (``table``: the returned rows as a dict of columns, ``params``).
@@ -128,9 +130,12 @@ def compare_classifiers(
         cls.setup_anndata(data, labels_key=labels_key, **setup)
         model = cls(data, **init_kwargs)
         kw = dict(train_kwargs)
-        kw.setdefault("train_indices", tr_idx)
-        if va_idx is not None and len(va_idx) and "validation_indices" in _train_args(model):
-            kw.setdefault("validation_indices", va_idx)
+        if (
+            va_idx is not None
+        ):  # explicit sets; without a validation set the model splits ``fit`` (= train) itself
+            kw.setdefault("train_indices", tr_idx)
+            if len(va_idx) and "validation_indices" in _train_args(model):
+                kw.setdefault("validation_indices", va_idx)
         t0 = time.perf_counter()
         model.train(**kw)
         train_s = time.perf_counter() - t0
@@ -143,7 +148,7 @@ def compare_classifiers(
         row.update(
             train_s=train_s,
             predict_cells_per_s=query.n_obs / max(predict_s, 1e-9),
-            n_train=int(len(tr_idx)),
+            n_train=int((model.train_params_ or {}).get("n_train", len(tr_idx))),
             n_test=int(query.n_obs),
             unseen_labels=";".join(rep["unseen_labels"]),
         )

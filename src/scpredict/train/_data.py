@@ -36,8 +36,9 @@ def resolve_split(
 ) -> tuple[np.ndarray, np.ndarray]:
     """The training and validation cells of a model's ``train`` call.
 
-    Explicit ``train_indices`` win (validation: ``validation_indices``, or every other cell); otherwise the
-    seeded random split of :func:`split_indices`. Every model and every helper that needs to know which cells
+    Explicit ``train_indices`` win (validation: ``validation_indices``, or every other cell); explicit
+    ``validation_indices`` alone train on every other cell; otherwise the seeded random split of
+    :func:`split_indices`. Every model and every helper that needs to know which cells
     a call will train on (e.g. class frequencies for class weights) goes through this one function, so they
     cannot disagree.
 
@@ -45,6 +46,11 @@ def resolve_split(
     -------
     ``(train, validation)`` integer positions.
     """
+    if (
+        train_indices is None and validation_indices is not None
+    ):  # the validation cells set aside; train on the rest
+        va = np.asarray(validation_indices, dtype=np.int64)
+        return np.setdiff1d(np.arange(n_obs), va), va
     if train_indices is None:
         return split_indices(n_obs, train_size=train_size, validation_size=validation_size, seed=seed)
     tr = np.asarray(train_indices, dtype=np.int64)
