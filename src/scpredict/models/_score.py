@@ -669,18 +669,18 @@ class ScoreClassifier(ClassifierMixin, BaseModel):
         timesteps: torch.Tensor | None = None,
         per_timestep: bool = False,
     ) -> np.ndarray:
-        gen = torch.Generator().manual_seed(settings.seed)
         weighted = timesteps is None and not per_timestep
         ts = self._scoring_timesteps() if timesteps is None else timesteps
         w = torch.as_tensor(np.asarray(self.timestep_weights_), dtype=torch.float32)
         self.module.eval()
-        # one table of noise draws for all cells: a cell's score does not depend on the rest of the query
-        noise = self.module.score.scoring_noise(len(ts), int(self.init_params_["n_noise"]), generator=gen)
+        score = self.module.score
         out = []
         with torch.no_grad():
             for start in range(0, emb.shape[0], batch_size):
                 x = torch.from_numpy(np.ascontiguousarray(emb[start : start + batch_size]))
-                err = self.module.score.class_errors(
+                # each cell's noise is a function of the cell: its score does not depend on the rest of the query
+                noise = score.scoring_noise(x, len(ts), int(self.init_params_["n_noise"]), seed=settings.seed)
+                err = score.class_errors(
                     x.to(self.device),
                     timesteps=ts.to(self.device),
                     noise=noise,

@@ -29,7 +29,7 @@ from ..nn._diffusion import NoiseSchedule, ddim_sample
 from ..train import LossOutput
 from ._tabnet import TabNetModule
 
-__all__ = ["ScoreModule", "EmbeddingScoreModule", "LinearEmbedding", "timestep_embedding"]
+__all__ = ["ScoreModule", "EmbeddingScoreModule", "LinearEmbedding", "cell_normals", "timestep_embedding"]
 
 
 def timestep_embedding(t: torch.Tensor, dim: int, *, max_period: float = 10_000.0) -> torch.Tensor:
@@ -55,6 +55,57 @@ def timestep_embedding(t: torch.Tensor, dim: int, *, max_period: float = 10_000.
     if dim % 2:
         emb = F.pad(emb, (0, 1))
     return emb
+
+
+_MASK64 = (1 << 64) - 1
+
+
+def _splitmix64(z):
+    """SplitMix64 finaliser (Steele et al. 2014) on a numpy ``uint64`` array: a bijective 64-bit mix."""
+    import numpy as np
+
+    z = z + np.uint64(0x9E3779B97F4A7C15)
+    z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+    z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+    return z ^ (z >> np.uint64(31))
+
+
+def cell_normals(x: torch.Tensor, n: int, *, seed: int = 0) -> torch.Tensor:
+    """``n`` standard normal numbers per row of ``x``, a deterministic function of the row's values and ``seed``.
+
+    Each row's float32 bit pattern is hashed (SplitMix64 mixing, column by column) into a 64-bit key; the
+    key and a counter give uniform numbers (counter-based generation, as in Salmon et al. 2011), turned into
+    normals by the Box–Muller transform. Rows with different values get independent-looking streams; equal
+    rows get equal ones, wherever they are.
+
+    Parameters
+    ----------
+    x
+        ``(rows, d)`` values.
+    n
+        Normals per row.
+    seed
+        Changes every stream.
+
+    Returns
+    -------
+    ``(rows, n)`` float32 tensor (on the CPU).
+    """
+    import numpy as np
+
+    bits = np.ascontiguousarray(x.detach().cpu().numpy(), dtype=np.float32).view(np.uint32).astype(np.uint64)
+    with np.errstate(over="ignore"):
+        key = np.full(bits.shape[0], np.uint64(int(seed) & _MASK64), dtype=np.uint64)
+        for j in range(bits.shape[1]):
+            key = _splitmix64(key ^ bits[:, j])
+        m = (n + 1) // 2
+        counters = _splitmix64(np.arange(2 * m, dtype=np.uint64) + np.uint64(0x5851F42D4C957F2D))
+        u = _splitmix64(key[:, None] ^ counters[None, :])
+    u = ((u >> np.uint64(11)).astype(np.float64) + 0.5) * 2.0**-53  # uniform in (0, 1)
+    r = np.sqrt(-2.0 * np.log(u[:, :m]))
+    angle = 2.0 * np.pi * u[:, m:]
+    z = np.concatenate([r * np.cos(angle), r * np.sin(angle)], axis=1)[:, :n]
+    return torch.from_numpy(z.astype(np.float32))
 
 
 class _ResidualBlock(nn.Module):
@@ -295,21 +346,20 @@ class ScoreModule(nn.Module):
         return eps
 
     def scoring_noise(
-        self, n_timesteps: int, n_noise: int, *, generator: torch.Generator | None = None
+        self, x: torch.Tensor, n_timesteps: int, n_noise: int, *, seed: int = 0
     ) -> torch.Tensor:
-        """Noise draws for scoring: ``(n_timesteps, n_noise, n_input)``, in antithetic pairs ``(ε, −ε)``.
+        """Noise draws for scoring each cell: ``(n, n_timesteps, n_noise, n_input)``, antithetic pairs ``(ε, −ε)``.
 
-        One table is shared by every cell scored with it, so a cell's score depends on the cell alone, not on
-        its position in the query or on the other cells of its batch.
+        A cell's draws are a deterministic function of the cell itself (its embedding values) and ``seed``
+        (:func:`cell_normals`): independent between different cells, as fresh draws would be, and the same
+        whatever else is in the query and in whatever order — so a cell's scores never depend on the other
+        cells scored with it.
         """
-        device = generator.device if generator is not None else self.x_mean.device
-        out = torch.empty(n_timesteps, n_noise, self.n_input, device=device)
-        for j in range(n_noise):
-            if j % 2 == 0:
-                out[:, j] = torch.randn((n_timesteps, self.n_input), device=device, generator=generator)
-            else:
-                out[:, j] = -out[:, j - 1]  # antithetic partner of the previous draw
-        return out.to(self.x_mean.device)
+        n_pairs = (n_noise + 1) // 2
+        base = cell_normals(x, n_timesteps * n_pairs * self.n_input, seed=seed).to(x.device)
+        base = base.reshape(x.shape[0], n_timesteps, n_pairs, self.n_input)
+        draws = torch.stack([base, -base], dim=3).reshape(x.shape[0], n_timesteps, 2 * n_pairs, self.n_input)
+        return draws[:, :, :n_noise]
 
     @torch.no_grad()
     def class_errors(
@@ -327,8 +377,7 @@ class ScoreModule(nn.Module):
 
         Variance reduction: the same timesteps and noise draws are used for all classes of a cell (common
         random numbers: only differences between classes matter for classification), and noise draws come in
-        antithetic pairs ``(ε, −ε)``. The draws are also the same for every cell (:meth:`scoring_noise`), so a
-        cell's scores do not depend on the other cells scored with it or on their order.
+        antithetic pairs ``(ε, −ε)``.
 
         Parameters
         ----------
@@ -345,8 +394,8 @@ class ScoreModule(nn.Module):
         per_timestep
             Return the errors of every timestep instead of their mean.
         noise
-            ``(n_timesteps, n_noise, n_input)`` draws from :meth:`scoring_noise` (to score a large query in
-            batches with one table); drawn here when ``None``.
+            ``(n, n_timesteps, n_noise, n_input)`` draws, e.g. from :meth:`scoring_noise`; ``None``: drawn from
+            ``generator`` (fresh draws shared by the cells of this call).
 
         Returns
         -------
@@ -357,21 +406,30 @@ class ScoreModule(nn.Module):
         n = x0.shape[0]
         ts = self.eval_timesteps(n_eval_timesteps) if timesteps is None else torch.as_tensor(timesteps)
         if noise is None:
-            noise = self.scoring_noise(len(ts), n_noise, generator=generator)
-        if noise.shape[0] != len(ts) or noise.shape[2] != self.n_input:
-            msg = f"noise must have shape ({len(ts)}, n_noise, {self.n_input}), got {tuple(noise.shape)}."
+            pairs = torch.randn((len(ts), (n_noise + 1) // 2, self.n_input), generator=generator)
+            noise = torch.stack([pairs, -pairs], dim=2).reshape(len(ts), -1, self.n_input)[:, :n_noise]
+            noise = noise.unsqueeze(0).expand(n, -1, -1, -1)
+        if (
+            noise.ndim != 4
+            or noise.shape[0] != n
+            or noise.shape[1] != len(ts)
+            or noise.shape[3] != self.n_input
+        ):
+            msg = (
+                f"noise must have shape ({n}, {len(ts)}, n_noise, {self.n_input}), got {tuple(noise.shape)}."
+            )
             raise ValueError(msg)
         noise = noise.to(device=x0.device, dtype=x0.dtype)
         abar = self.schedule.alphas_cumprod
         out = x0.new_zeros(n, len(ts), self.n_classes)
         for k, t_val in enumerate(ts.tolist()):
             a = abar[int(t_val)].to(x0.dtype)
-            for j in range(noise.shape[1]):
-                eps_true = noise[k, j][None, :]
+            for j in range(noise.shape[2]):
+                eps_true = noise[:, k, j]
                 x_t = a.sqrt() * x0 + (1 - a).sqrt() * eps_true
                 eps = self._eps_all_classes(x_t, int(t_val))  # (n, c, d)
                 out[:, k] += (eps - eps_true[:, None, :]).pow(2).mean(dim=-1)
-        out /= noise.shape[1]
+        out /= noise.shape[2]
         return out if per_timestep else out.mean(dim=1)
 
     @torch.no_grad()
