@@ -526,7 +526,12 @@ THIRD_ROUND = [
     " embedding 0.848 → 0.837 / 0.816 → 0.824; TabNet embedding 0.774 → 0.774 / 0.816 → 0.818 (test macro"
     " F1). Only the noise realisations differ, so these moves are the scoring noise of one SCORE fit at 20"
     " timesteps × 2 draws; on Kang the validation cells also flipped `class_prior='auto'` from the empirical"
-    " prior to none. The Gaussian-base and re-balanced-head experiments above were run before this change.",
+    " prior to none. Re-scoring this rerun's Kang model under 10 noise seeds with its calibration fixed gives"
+    " test macro F1 0.820 ± 0.005 at 2 draws per timestep and 0.821 ± 0.001 at 8: the scoring noise of the"
+    " test cells is small, and most of the move comes from the calibration (timestep window, class prior,"
+    " temperature) chosen on validation cells scored with other draws. Over 15 more splits the rerun SCORE"
+    " rows stay where they were (see the repeated-splits section). The Gaussian-base and re-balanced-head"
+    " experiments above were run before this change.",
 ]
 
 
