@@ -319,6 +319,21 @@ class BaseModel:
             codes[key] = idx.astype(np.int64)
         return codes
 
+    def _train_split(self, n_obs: int, train_kwargs: Mapping[str, Any]) -> tuple[np.ndarray, np.ndarray]:
+        """The ``(training, validation)`` cells that :meth:`train` will use with ``train_kwargs`` (the same
+        :func:`~scpredict.train.resolve_split` call), for statistics that must come from the training cells
+        only (class frequencies, standardisation) before training starts."""
+        from ..train import resolve_split
+
+        return resolve_split(
+            n_obs,
+            train_indices=train_kwargs.get("train_indices"),
+            validation_indices=train_kwargs.get("validation_indices"),
+            train_size=train_kwargs.get("train_size", DEFAULT_TRAIN_SIZE),
+            validation_size=train_kwargs.get("validation_size"),
+            seed=settings.seed,
+        )
+
     def _inference_keys(self) -> list[str] | None:
         """Registry keys that prediction reads (``None``: all registered); a query lacking the others (e.g. the
         labels of a classifier) can still be attached by :meth:`load`."""
@@ -599,7 +614,7 @@ class BaseModel:
         from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
         from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 
-        from ..train import BestWeights, EpochProgressBar, HistoryCallback, resolve_split
+        from ..train import BestWeights, EpochProgressBar, HistoryCallback
 
         if self.module is None:
             raise RuntimeError(f"{type(self).__name__} has no torch module; it overrides train().")
@@ -608,13 +623,14 @@ class BaseModel:
         self._seed_everything()
         prepared = self._prepare(self.adata if data is None else data)
         self._prepared_train = prepared
-        tr, va = resolve_split(
+        tr, va = self._train_split(
             prepared.n_obs,
-            train_indices=train_indices,
-            validation_indices=validation_indices,
-            train_size=train_size,
-            validation_size=validation_size,
-            seed=settings.seed,
+            {
+                "train_indices": train_indices,
+                "validation_indices": validation_indices,
+                "train_size": train_size,
+                "validation_size": validation_size,
+            },
         )
         has_val = len(va) > 0
         dm = self._make_datamodule(prepared, tr, va, batch_size=batch_size)

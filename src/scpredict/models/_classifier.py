@@ -90,11 +90,7 @@ def training_class_counts(model: Any, train_kwargs: dict[str, Any]) -> np.ndarra
     """Cells per class (in the order of ``model.classes_``) among the cells that ``BaseModel.train`` will
     train on with ``train_kwargs``: ``train_indices`` if given, else the same seeded random split
     (``train_size`` / ``validation_size``, ``sp.settings.seed``) that ``BaseModel.train`` draws — both go
-    through :func:`scpredict.train.resolve_split`."""
-    from .._settings import settings
-    from ..train import resolve_split
-    from ._base import DEFAULT_TRAIN_SIZE
-
+    through ``BaseModel._train_split``."""
     if train_kwargs.get("data") is not None:
         msg = (
             "class frequencies of the training cells (class_weight / logit_adjustment) are only available "
@@ -102,14 +98,7 @@ def training_class_counts(model: Any, train_kwargs: dict[str, Any]) -> np.ndarra
         )
         raise ValueError(msg)
     y = model._encode_categories(model.adata, ["labels"])["labels"]
-    tr, _ = resolve_split(
-        len(y),
-        train_indices=train_kwargs.get("train_indices"),
-        validation_indices=train_kwargs.get("validation_indices"),
-        train_size=train_kwargs.get("train_size", DEFAULT_TRAIN_SIZE),
-        validation_size=train_kwargs.get("validation_size"),
-        seed=settings.seed,
-    )
+    tr, _ = model._train_split(len(y), train_kwargs)
     return np.bincount(y[np.asarray(tr, dtype=np.int64)], minlength=len(model.vocab_["labels"])).astype(
         np.float64
     )

@@ -12,7 +12,7 @@ from anndata import AnnData
 
 from .._settings import settings
 from ..module._score import EmbeddingScoreModule
-from ._base import DEFAULT_TRAIN_SIZE, BaseModel, obsm_array
+from ._base import BaseModel, obsm_array
 
 __all__ = ["EmbeddingDiffusion"]
 
@@ -144,17 +144,8 @@ class EmbeddingDiffusion(BaseModel):
         **kwargs
             Passed to :meth:`BaseModel.train` (``train_size``, ``train_indices``, ``accelerator``, ...).
         """
-        from ..train import resolve_split
-
         emb = obsm_array(self.adata, self.setup_.obsm["embedding"])
-        tr, _ = resolve_split(
-            len(emb),
-            train_indices=kwargs.get("train_indices"),
-            validation_indices=kwargs.get("validation_indices"),
-            train_size=kwargs.get("train_size", DEFAULT_TRAIN_SIZE),
-            validation_size=kwargs.get("validation_size"),
-            seed=settings.seed,
-        )
+        tr, _ = self._train_split(len(emb), kwargs)
         ref = emb[tr]  # the cells BaseModel.train will fit on (the same split)
         std = ref.std(axis=0)
         self.module.score.set_standardization(
