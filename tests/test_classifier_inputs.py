@@ -227,3 +227,22 @@ def test_cell_normals_are_standard_normal_per_cell_and_reproducible():
     assert abs(float(torch.corrcoef(z[:2])[0, 1])) < 0.2  # different cells: unrelated streams
     torch.testing.assert_close(cell_normals(x[[7, 2]], 200, seed=3), z[[7, 2]])  # a function of the cell
     assert not torch.equal(cell_normals(x[:3], 200, seed=4), z[:3])  # the seed changes every stream
+
+
+def test_backed_queries_get_the_same_obsm_checks(cells, tmp_path):
+    adata = cells.copy()
+    adata.obsm["X_e"] = np.log1p(cells.X[:, :6].toarray()).astype(np.float32)
+    sp.models.ScoreClassifier.setup_anndata(adata, labels_key="cell_type", embedding_key="X_e")
+    model = sp.models.ScoreClassifier(adata, n_hidden=16, n_layers=1, n_eval_timesteps=4)
+    model.train(max_epochs=1, **FAST)
+    query = adata[:, ::-1].copy()
+    query.write_h5ad(tmp_path / "ok.h5ad")
+    backed = ad.read_h5ad(tmp_path / "ok.h5ad", backed="r")  # streamed from disk by the torch models
+    np.testing.assert_allclose(model.get_probabilities(backed), model.get_probabilities(adata), atol=1e-6)
+    backed.file.close()
+    query.obsm["X_e"][3, 1] = np.inf
+    query.write_h5ad(tmp_path / "bad.h5ad")
+    backed = ad.read_h5ad(tmp_path / "bad.h5ad", backed="r")
+    with pytest.raises(ValueError, match=r"obsm\['X_e'\] has 1 NaN or infinite"):
+        model.get_probabilities(backed)
+    backed.file.close()

@@ -287,9 +287,7 @@ def prepare_stream(
     obsm = {}
     for k, key in rec.obsm.items():
         if k in wanted:
-            check_keys(meta, obsm=[key])
-            m = meta.obsm[key]
-            obsm[k] = np.asarray(m.to_numpy() if isinstance(m, pd.DataFrame) else m, dtype=np.float32)
+            obsm[k] = model._checked_obsm(meta, k, key)  # the same checks as the in-memory path
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         internal = AnnData(

@@ -334,6 +334,26 @@ class BaseModel:
             seed=settings.seed,
         )
 
+    def _checked_obsm(self, adata: AnnData, k: str, key: str) -> np.ndarray:
+        """``adata.obsm[key]`` (registry key ``k``) as dense float32, checked: present, 2-d, the width the model
+        was trained on (:meth:`_obsm_widths`) and finite — errors name the key."""
+        check_keys(adata, obsm=[key])
+        m = obsm_array(adata, key)
+        if m.ndim != 2:
+            raise ValueError(f"adata.obsm[{key!r}] must be a 2-d matrix, got shape {m.shape}.")
+        width = self._obsm_widths().get(k)
+        if width is not None and m.shape[1] != width:
+            raise ValueError(
+                f"adata.obsm[{key!r}] has {m.shape[1]} columns; this {type(self).__name__} was trained on "
+                f"{width}. Compute the query's embedding the way the training embedding was computed."
+            )
+        bad = int(np.size(m) - np.isfinite(m).sum())
+        if bad:
+            raise ValueError(
+                f"adata.obsm[{key!r}] has {bad} NaN or infinite values; drop or fix those cells first."
+            )
+        return m
+
     def _inference_keys(self) -> list[str] | None:
         """Registry keys that prediction reads (``None``: all registered); a query lacking the others (e.g. the
         labels of a classifier) can still be attached by :meth:`load`."""
@@ -406,22 +426,7 @@ class BaseModel:
         obsm = {}
         for k, key in rec.obsm.items():
             if k in wanted:
-                check_keys(adata, obsm=[key])
-                m = obsm_array(adata, key)
-                if m.ndim != 2:
-                    raise ValueError(f"adata.obsm[{key!r}] must be a 2-d matrix, got shape {m.shape}.")
-                width = self._obsm_widths().get(k)
-                if width is not None and m.shape[1] != width:
-                    raise ValueError(
-                        f"adata.obsm[{key!r}] has {m.shape[1]} columns; this {type(self).__name__} was trained "
-                        f"on {width}. Compute the query's embedding the way the training embedding was computed."
-                    )
-                bad = int(np.size(m) - np.isfinite(m).sum())
-                if bad:
-                    raise ValueError(
-                        f"adata.obsm[{key!r}] has {bad} NaN or infinite values; drop or fix those cells first."
-                    )
-                obsm[k] = m
+                obsm[k] = self._checked_obsm(adata, k, key)
         internal = AnnData(X=x, obs=obs, var=pd.DataFrame(index=pd.Index(self.var_names_)), obsm=obsm)
         fields = [LayerField(X_KEY, None, is_count_data=rec.scale == "counts")]
         fields += [NumericalObsField(k, k) for k in list(codes) + [k for k in rec.continuous if k in wanted]]
