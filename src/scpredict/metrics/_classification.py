@@ -40,7 +40,9 @@ def _as_str(x: Iterable) -> np.ndarray:
     if pd.isna(arr).any():
         msg = f"labels contain {int(pd.isna(arr).sum())} missing values; drop or fill them first."
         raise ValueError(msg)
-    return np.array([_label(v) for v in arr], dtype=str) if arr.size else arr.astype(str)
+    if pd.api.types.infer_dtype(arr, skipna=False) in ("string", "integer", "boolean", "empty"):
+        return arr.astype(str)  # no float labels: nothing to normalise (the common case, vectorised)
+    return np.array([_label(v) for v in arr], dtype=str)
 
 
 def _pair(y_true: Iterable, y_pred: Iterable) -> tuple[np.ndarray, np.ndarray]:

@@ -23,7 +23,15 @@ from .._utils import check_keys, get_array, jsonable, record_provenance
 from ..data._alignment import align_genes, align_matrix
 from ..pp._check import Scale, check_input
 
-__all__ = ["BaseModel", "SetupRecord", "PreparedData", "FORMAT_VERSION", "DEFAULT_TRAIN_SIZE", "obsm_array"]
+__all__ = [
+    "BaseModel",
+    "SetupRecord",
+    "PreparedData",
+    "FORMAT_VERSION",
+    "DEFAULT_TRAIN_SIZE",
+    "obsm_array",
+    "checked_obsm",
+]
 
 #: version of the on-disk model format written by :meth:`BaseModel.save`
 FORMAT_VERSION = 1
@@ -37,6 +45,30 @@ def obsm_array(adata: AnnData, key: str) -> np.ndarray:
     m = m.to_numpy() if isinstance(m, pd.DataFrame) else m
     m = m.toarray() if sp_sparse.issparse(m) else m
     return np.asarray(m, dtype=np.float32)
+
+
+def checked_obsm(
+    adata: AnnData, key: str, *, width: int | None = None, owner: str = "this model"
+) -> np.ndarray:
+    """:func:`obsm_array`, checked: present, 2-d, ``width`` columns (if given) and finite; errors name the key.
+
+    Used at setup (training data) and on every query, in memory or streamed from disk.
+    """
+    check_keys(adata, obsm=[key])
+    m = obsm_array(adata, key)
+    if m.ndim != 2:
+        raise ValueError(f"adata.obsm[{key!r}] must be a 2-d matrix, got shape {m.shape}.")
+    if width is not None and m.shape[1] != width:
+        raise ValueError(
+            f"adata.obsm[{key!r}] has {m.shape[1]} columns; {owner} was trained on {width}. Compute the "
+            f"query's embedding the way the training embedding was computed."
+        )
+    bad = int(np.size(m) - np.isfinite(m).sum())
+    if bad:
+        raise ValueError(
+            f"adata.obsm[{key!r}] has {bad} NaN or infinite values; drop or fix those cells first."
+        )
+    return m
 
 
 _WEIGHTS = "weights.safetensors"
@@ -335,24 +367,8 @@ class BaseModel:
         )
 
     def _checked_obsm(self, adata: AnnData, k: str, key: str) -> np.ndarray:
-        """``adata.obsm[key]`` (registry key ``k``) as dense float32, checked: present, 2-d, the width the model
-        was trained on (:meth:`_obsm_widths`) and finite — errors name the key."""
-        check_keys(adata, obsm=[key])
-        m = obsm_array(adata, key)
-        if m.ndim != 2:
-            raise ValueError(f"adata.obsm[{key!r}] must be a 2-d matrix, got shape {m.shape}.")
-        width = self._obsm_widths().get(k)
-        if width is not None and m.shape[1] != width:
-            raise ValueError(
-                f"adata.obsm[{key!r}] has {m.shape[1]} columns; this {type(self).__name__} was trained on "
-                f"{width}. Compute the query's embedding the way the training embedding was computed."
-            )
-        bad = int(np.size(m) - np.isfinite(m).sum())
-        if bad:
-            raise ValueError(
-                f"adata.obsm[{key!r}] has {bad} NaN or infinite values; drop or fix those cells first."
-            )
-        return m
+        """:func:`checked_obsm` of ``adata.obsm[key]`` (registry key ``k``) with the width of :meth:`_obsm_widths`."""
+        return checked_obsm(adata, key, width=self._obsm_widths().get(k), owner=f"this {type(self).__name__}")
 
     def _inference_keys(self) -> list[str] | None:
         """Registry keys that prediction reads (``None``: all registered); a query lacking the others (e.g. the
@@ -360,8 +376,10 @@ class BaseModel:
         return None
 
     def _obsm_widths(self) -> dict[str, int]:
-        """Expected number of columns of registered ``obsm`` matrices (checked on new data), by registry key."""
-        return {}
+        """Expected number of columns of registered ``obsm`` matrices (checked on new data), by registry key:
+        the registry key ``"embedding"`` has the width stored as ``extra_arrays_["n_embedding"]``, if any."""
+        n = getattr(self, "extra_arrays_", {}).get("n_embedding")
+        return {} if n is None else {"embedding": int(np.asarray(n).ravel()[0])}
 
     def _prepare(
         self,

@@ -48,12 +48,9 @@ def setup_classifier(
     if not getattr(cls, "_uses_embedding", False):
         embedding_key = None  # documented as not used by this model: neither checked nor required of queries
     if embedding_key is not None:
-        check_keys(adata, obsm=[embedding_key])
-        from ._base import obsm_array
+        from ._base import checked_obsm
 
-        if not np.isfinite(obsm_array(adata, embedding_key)).all():
-            msg = f"adata.obsm[{embedding_key!r}] contains NaN or infinite values."
-            raise ValueError(msg)
+        checked_obsm(adata, embedding_key)
     cls._setup(
         adata,
         layer=layer,

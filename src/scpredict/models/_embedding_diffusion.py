@@ -12,7 +12,7 @@ from anndata import AnnData
 
 from .._settings import settings
 from ..module._score import EmbeddingScoreModule
-from ._base import BaseModel, obsm_array
+from ._base import BaseModel, checked_obsm, obsm_array
 
 __all__ = ["EmbeddingDiffusion"]
 
@@ -75,12 +75,8 @@ class EmbeddingDiffusion(BaseModel):
         layer
             Expression layer (only checked for finiteness; not modelled).
         """
-        from .._utils import check_keys
 
-        check_keys(adata, obsm=[embedding_key])
-        if not np.isfinite(obsm_array(adata, embedding_key)).all():
-            msg = f"adata.obsm[{embedding_key!r}] contains NaN or infinite values."
-            raise ValueError(msg)
+        checked_obsm(adata, embedding_key)
         cls._setup(
             adata,
             layer=layer,
@@ -113,9 +109,6 @@ class EmbeddingDiffusion(BaseModel):
         emb = obsm_array(adata, self.setup_.obsm["embedding"])
         self.extra_arrays_["n_embedding"] = np.array([emb.shape[1]], dtype=np.int64)
         self.module = self._build_module()
-
-    def _obsm_widths(self) -> dict[str, int]:
-        return {"embedding": int(self.extra_arrays_["n_embedding"][0])}
 
     @property
     def classes_(self) -> list[str]:

@@ -329,11 +329,6 @@ class ScoreClassifier(ClassifierMixin, BaseModel):
         self._fixed_embedding: np.ndarray | None = None
         self.module = self._build_module()
 
-    def _obsm_widths(self) -> dict[str, int]:
-        if "n_embedding" not in self.extra_arrays_:
-            return {}
-        return {"embedding": int(self.extra_arrays_["n_embedding"][0])}
-
     @property
     def _has_encoder(self) -> bool:
         return "embedding" not in self.setup_.obsm
@@ -434,15 +429,14 @@ class ScoreClassifier(ClassifierMixin, BaseModel):
         **kwargs
             Passed to :meth:`BaseModel.train` (``accelerator``, ``logger``, ...).
         """
-        from ..train import resolve_split
-
-        tr, va = resolve_split(
+        tr, va = self._train_split(
             self.adata.n_obs,
-            train_indices=train_indices,
-            validation_indices=validation_indices,
-            train_size=train_size,
-            validation_size=kwargs.pop("validation_size", None),
-            seed=settings.seed,
+            {
+                "train_indices": train_indices,
+                "validation_indices": validation_indices,
+                "train_size": train_size,
+                "validation_size": kwargs.pop("validation_size", None),
+            },
         )
         user_plan = kwargs.pop("plan_kwargs", None)
         common = {"batch_size": batch_size, "train_indices": tr, "validation_indices": va, **kwargs}

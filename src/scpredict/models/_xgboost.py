@@ -150,16 +150,15 @@ class XGBoostClassifier(ClassifierMixin, BaseModel):
         early_stopping_rounds
             Stop when the validation log loss has not improved for this many rounds.
         """
-        from ..train import resolve_split
-
         xgb = _xgboost()
         prepared = self._prepare(self.adata)
-        tr, va = resolve_split(
+        tr, va = self._train_split(
             prepared.n_obs,
-            train_indices=train_indices,
-            validation_indices=validation_indices,
-            train_size=train_size,
-            seed=settings.seed,
+            {
+                "train_indices": train_indices,
+                "validation_indices": validation_indices,
+                "train_size": train_size,
+            },
         )
         x = self._features(prepared)
         y = prepared.adata.obs["labels"].to_numpy()

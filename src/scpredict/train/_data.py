@@ -46,9 +46,8 @@ def resolve_split(
     -------
     ``(train, validation)`` integer positions.
     """
-    if (
-        train_indices is None and validation_indices is not None
-    ):  # the validation cells set aside; train on the rest
+    if train_indices is None and validation_indices is not None:
+        # the validation cells were set aside: train on all the others
         va = np.asarray(validation_indices, dtype=np.int64)
         return np.setdiff1d(np.arange(n_obs), va), va
     if train_indices is None:
