@@ -300,3 +300,14 @@ def test_explicit_train_indices(adata):
     idx = np.arange(100)
     model.train(max_epochs=1, train_indices=idx, validation_indices=np.arange(100, 150))
     assert model.train_params_["n_train"] == 100 and model.train_params_["n_validation"] == 50
+
+
+def test_train_indices_alone_never_validate_on_the_other_cells(adata):
+    # the cells left out may be the user's test cells: they must not steer early stopping or the kept epoch
+    model = ToyModel(adata)
+    model.train(max_epochs=2, train_indices=np.arange(100))
+    assert model.train_params_["n_train"] == 100 and model.train_params_["n_validation"] == 0
+    assert not any(k.startswith("validation") for k in model.history)
+    model.train(max_epochs=1, validation_indices=np.arange(100, 150))  # validation alone: train on the rest
+    assert model.train_params_["n_validation"] == 50
+    assert model.train_params_["n_train"] == adata.n_obs - 50

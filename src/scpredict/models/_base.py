@@ -608,7 +608,10 @@ class BaseModel:
             Random split of the registered cells (seeded by ``sp.settings.seed``); validation defaults to the
             rest. Ignored when ``train_indices`` is given.
         train_indices, validation_indices
-            Explicit integer positions of training / validation cells.
+            Explicit integer positions of training / validation cells. ``train_indices`` alone trains on
+            exactly those cells with no validation cells (early stopping then watches the training metric
+            and no best epoch is restored): the other cells are never used, since they may be test cells.
+            ``validation_indices`` alone trains on every other cell.
         early_stopping, early_stopping_patience, early_stopping_monitor
             Stop when the monitored validation metric has not improved for ``patience`` epochs.
         restore_best_weights

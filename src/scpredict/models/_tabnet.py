@@ -273,7 +273,9 @@ class TabNetClassifier(ClassifierMixin, BaseModel):
         early_stopping_patience
             Epochs without improvement of the monitored metric before stopping.
         early_stopping_monitor
-            Metric for early stopping and for restoring the best epoch (``"validation_loss"`` also works).
+            Metric for early stopping and for restoring the best epoch: ``"validation_accuracy"``,
+            ``"validation_macro_f1"`` or ``"validation_balanced_accuracy"`` (computed over the whole epoch's
+            confusion matrix, which is what rewards rare cell types), or ``"validation_loss"``.
         class_weight
             ``None`` (plain cross-entropy) or ``"balanced"``: each class weighted by ``n / (k · n_c)`` over the
             training cells (``k`` classes, ``n_c`` cells of class ``c``), so that rare cell types weigh as much

@@ -142,9 +142,9 @@ class XGBoostClassifier(ClassifierMixin, BaseModel):
         ----------
         train_indices, validation_indices
             Integer positions of training / validation cells. By default a random ``train_size`` split
-            (seeded by ``sp.settings.seed``); ``train_indices`` alone validate on every other cell, as in the
-            torch models (pass ``validation_indices=[]`` for none). Validation cells are used only for early
-            stopping.
+            (seeded by ``sp.settings.seed``); ``train_indices`` alone train on those cells with no validation
+            cells (no early stopping), as in the torch models — the other cells may be test cells. Validation
+            cells are used only for early stopping.
         train_size
             Fraction of cells used for fitting when no indices are given (1.0: no early stopping).
         early_stopping_rounds

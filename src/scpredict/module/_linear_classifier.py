@@ -65,7 +65,8 @@ class LinearClassifierModule(nn.Module):
         Returns
         -------
         :class:`~scpredict.train.LossOutput` with the metrics ``cross_entropy`` (plain logits) and
-        ``accuracy``.
+        ``accuracy``, and the batch's labels and plain logits (the plan logs epoch-level macro F1 and
+        balanced accuracy).
         """
         y = batch["labels"].long().squeeze(-1)
         logits = self(batch["X"])["logits"]
@@ -74,4 +75,6 @@ class LinearClassifierModule(nn.Module):
         if logit_offset is not None:
             fit = F.cross_entropy(logits + logit_offset.to(device=logits.device, dtype=logits.dtype), y)
         acc = (logits.argmax(dim=-1) == y).float().mean()
-        return LossOutput(loss=fit, metrics={"cross_entropy": ce, "accuracy": acc}, n_obs=y.shape[0])
+        return LossOutput(
+            loss=fit, metrics={"cross_entropy": ce, "accuracy": acc}, n_obs=y.shape[0], predictions=(y, logits)
+        )

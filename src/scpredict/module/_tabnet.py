@@ -564,7 +564,8 @@ class TabNetModule(nn.Module):
 
         Returns
         -------
-        :class:`~scpredict.train.LossOutput` with the metrics ``cross_entropy``, ``accuracy`` and ``sparsity``.
+        :class:`~scpredict.train.LossOutput` with the metrics ``cross_entropy``, ``accuracy`` and ``sparsity``,
+        and the batch's labels and plain logits (the plan logs epoch-level macro F1 and balanced accuracy).
         """
         y = batch["labels"].long().squeeze(-1)
         x = batch["X"]
@@ -601,6 +602,7 @@ class TabNetModule(nn.Module):
             loss=fit + self.lambda_sparse * out["sparsity_loss"],
             metrics={"cross_entropy": ce, "accuracy": acc, "sparsity": out["sparsity_loss"]},
             n_obs=y.shape[0],
+            predictions=(y, out["logits"]),
         )
 
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:

@@ -36,9 +36,10 @@ def resolve_split(
 ) -> tuple[np.ndarray, np.ndarray]:
     """The training and validation cells of a model's ``train`` call.
 
-    Explicit ``train_indices`` win (validation: ``validation_indices``, or every other cell); explicit
-    ``validation_indices`` alone train on every other cell; otherwise the seeded random split of
-    :func:`split_indices`. Every model and every helper that needs to know which cells
+    Explicit ``train_indices`` win (validation: ``validation_indices``, or none at all — the other cells
+    may be the user's test cells, which must not steer early stopping or the kept epoch, as with
+    scvi-tools' external indexing); explicit ``validation_indices`` alone train on every other cell;
+    otherwise the seeded random split of :func:`split_indices`. Every model and every helper that needs to know which cells
     a call will train on (e.g. class frequencies for class weights) goes through this one function, so they
     cannot disagree.
 
@@ -54,7 +55,7 @@ def resolve_split(
         return split_indices(n_obs, train_size=train_size, validation_size=validation_size, seed=seed)
     tr = np.asarray(train_indices, dtype=np.int64)
     if validation_indices is None:
-        return tr, np.setdiff1d(np.arange(n_obs), tr)
+        return tr, np.zeros(0, dtype=np.int64)
     return tr, np.asarray(validation_indices, dtype=np.int64)
 
 

@@ -24,11 +24,17 @@ class LossOutput:
         ``train_<name>`` / ``validation_<name>`` per epoch.
     n_obs
         Number of observations in the batch (weights epoch averages).
+    predictions
+        For classifiers: ``(labels (n,), logits (n, n_classes))`` of the batch. The training plan then also
+        logs ``train_macro_f1`` / ``validation_macro_f1`` and ``..._balanced_accuracy``, computed from the
+        confusion matrix of the whole epoch (not averaged over batches), so they can be early-stopping
+        monitors.
     """
 
     loss: torch.Tensor
     metrics: dict[str, Any] = field(default_factory=dict)
     n_obs: int = 1
+    predictions: tuple[torch.Tensor, torch.Tensor] | None = None
 
     def __post_init__(self) -> None:
         if not torch.is_tensor(self.loss) or self.loss.dim() != 0:
@@ -71,6 +77,8 @@ class TrainingPlan(pl.LightningModule):
         self.optimizer_name = optimizer
         self.lr_scheduler = lr_scheduler
         self.loss_kwargs = loss_kwargs or {}
+        # epoch-level classification scores, created at the first batch that reports predictions
+        self.class_scores = torch.nn.ModuleDict()
 
     def forward(self, batch):  # pragma: no cover - Lightning API
         return self.module.loss(batch, **self.loss_kwargs)
@@ -92,6 +100,22 @@ class TrainingPlan(pl.LightningModule):
         for k, v in out.metrics.items():
             v = v.detach() if torch.is_tensor(v) else torch.tensor(float(v))
             self.log(f"{prefix}_{k}", v.float(), on_step=False, on_epoch=True, batch_size=bs, sync_dist=sync)
+        if out.predictions is not None:
+            self._log_class_scores(out.predictions, prefix)
+
+    def _log_class_scores(self, predictions: tuple[torch.Tensor, torch.Tensor], prefix: str) -> None:
+        from ._metrics import ConfusionScore
+
+        labels, logits = predictions
+        predicted = logits.detach().argmax(dim=-1)
+        for score in ("macro_f1", "balanced_accuracy"):
+            name = f"{prefix}_{score}"
+            if name not in self.class_scores:
+                self.class_scores[name] = ConfusionScore(logits.shape[-1], score).to(logits.device)
+            metric = self.class_scores[name]
+            metric.update(labels, predicted)
+            # a Metric object: Lightning computes it over the epoch (DDP-reduced) and resets it
+            self.log(name, metric, on_step=False, on_epoch=True, metric_attribute=f"class_scores.{name}")
 
     def training_step(self, batch, batch_idx):
         out = self.module.loss(batch, **self.loss_kwargs)
