@@ -76,5 +76,8 @@ class LinearClassifierModule(nn.Module):
             fit = F.cross_entropy(logits + logit_offset.to(device=logits.device, dtype=logits.dtype), y)
         acc = (logits.argmax(dim=-1) == y).float().mean()
         return LossOutput(
-            loss=fit, metrics={"cross_entropy": ce, "accuracy": acc}, n_obs=y.shape[0], predictions=(y, logits)
+            loss=fit,
+            metrics={"cross_entropy": ce, "accuracy": acc},
+            n_obs=y.shape[0],
+            predictions=(y, logits),
         )

@@ -66,7 +66,9 @@ class ConfusionScore(Metric):
         self.score = score
         self.n_classes = int(n_classes)
         self.add_state(
-            "confusion", default=torch.zeros(self.n_classes, self.n_classes, dtype=torch.long), dist_reduce_fx="sum"
+            "confusion",
+            default=torch.zeros(self.n_classes, self.n_classes, dtype=torch.long),
+            dist_reduce_fx="sum",
         )
 
     def update(self, labels: torch.Tensor, predicted: torch.Tensor) -> None:
