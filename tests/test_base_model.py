@@ -311,3 +311,12 @@ def test_train_indices_alone_never_validate_on_the_other_cells(adata):
     model.train(max_epochs=1, validation_indices=np.arange(100, 150))  # validation alone: train on the rest
     assert model.train_params_["n_validation"] == 50
     assert model.train_params_["n_train"] == adata.n_obs - 50
+
+
+def test_plateau_scheduler_without_validation_cells_watches_the_training_loss(adata):
+    model = ToyModel(adata)
+    model.train(max_epochs=2, train_indices=np.arange(100), plan_kwargs={"lr_scheduler": "plateau"})
+    sched = model.trainer_.lr_scheduler_configs[0]
+    assert sched.monitor == "train_loss"
+    model.train(max_epochs=1, plan_kwargs={"lr_scheduler": "plateau"})
+    assert model.trainer_.lr_scheduler_configs[0].monitor == "validation_loss"

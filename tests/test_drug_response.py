@@ -165,3 +165,18 @@ def test_info_nce_and_warmup():
     plan = DrugResponsePlan(module, rank_weight=2.0, warmup_epochs=4)
     assert [plan.rank_weight_at(e) for e in (0, 2, 4, 9)] == [0.0, 1.0, 2.0, 2.0]
     assert DrugResponsePlan(module, rank_weight=2.0, warmup_epochs=0).rank_weight_at(0) == 2.0
+
+
+def test_explicit_indices_follow_the_package_split_rule():
+    # train_indices alone: no validation rows (the others may be held-out drugs); validation_indices alone:
+    # train on every other treated row
+    adata = _data()
+    _setup(adata)
+    model = sp.models.DrugResponseTransformer(adata, **SMALL)
+    treated = np.flatnonzero(~model._is_control(adata))
+    assert 0 < len(treated) < adata.n_obs
+    model.train(**{**FIT, "max_epochs": 1}, train_indices=treated[:20])
+    assert model.train_params_["n_train"] == 20 and model.train_params_["n_validation"] == 0
+    model.train(**{**FIT, "max_epochs": 1}, validation_indices=treated[:5])
+    assert model.train_params_["n_validation"] == 5
+    assert model.train_params_["n_train"] == len(treated) - 5

@@ -115,3 +115,13 @@ def test_resolve_split_is_the_one_split_of_train():
     assert va.size == 0  # the rest may be test cells: no validation unless asked for
     tr, va = resolve_split(6, train_indices=[0, 2], validation_indices=[5], train_size=0.9, seed=0)
     np.testing.assert_array_equal(va, [5])
+
+
+def test_score_without_validation_cells_warns_that_calibration_saw_the_training_cells():
+    adata = sp.datasets.synthetic_celltypes(n_cells=200, n_genes=40)
+    sp.models.ScoreClassifier.setup_anndata(adata, labels_key="cell_type")
+    model = sp.models.ScoreClassifier(adata, n_hidden=16, n_layers=1, n_eval_timesteps=4)
+    fast = {"max_epochs": 1, "progress_bar": "none", "logger": None, "enable_checkpointing": False}
+    with pytest.warns(UserWarning, match="validation_indices"):
+        model.train(train_indices=np.arange(150), **fast)
+    assert model.train_params_["n_validation"] == 0

@@ -661,6 +661,7 @@ class BaseModel:
         has_val = len(va) > 0
         dm = self._make_datamodule(prepared, tr, va, batch_size=batch_size)
         plan = self._training_plan(lr=lr, weight_decay=weight_decay, **dict(plan_kwargs or {}))
+        plan.has_validation = has_val  # e.g. the plateau scheduler then watches the training loss
 
         name = type(self).__name__
         root = Path(trainer_kwargs.pop("default_root_dir", settings.log_dir))

@@ -402,6 +402,8 @@ class DrugResponseTransformer(BaseModel):
         train_indices, validation_indices
             Row positions (treated rows); default a random ``train_size`` split of the treated rows. Pass
             positions from a split by drug / cell line / pair / plate (``sp.pp.split_*``) to hold those out.
+            ``train_indices`` alone trains on exactly those rows with no validation rows (the others may be
+            held-out drugs); ``validation_indices`` alone trains on every other treated row.
         train_size
             Fraction of treated rows used for training in the default split.
         early_stopping_monitor
@@ -415,13 +417,17 @@ class DrugResponseTransformer(BaseModel):
             msg = "This model was loaded without its training AnnData; pass adata= to load()."
             raise ValueError(msg)
         treated = np.nonzero(~self._is_control(self.adata))[0]
-        if train_indices is None:
+        if train_indices is None and validation_indices is None:
             rng = np.random.default_rng(settings.seed)
             perm = rng.permutation(treated)
             n_tr = int(np.ceil(train_size * len(perm)))
             train_indices, validation_indices = np.sort(perm[:n_tr]), np.sort(perm[n_tr:])
+        elif train_indices is None:
+            # the validation rows were set aside: train on every other treated row
+            train_indices = np.setdiff1d(treated, np.asarray(validation_indices, dtype=np.int64))
         elif validation_indices is None:
-            validation_indices = np.setdiff1d(treated, np.asarray(train_indices))
+            # train on exactly these rows; the others may be held-out drugs and must not steer the kept epoch
+            validation_indices = np.zeros(0, dtype=np.int64)
         plan = {"rank_weight": rank_weight, "warmup_epochs": warmup_epochs, **dict(plan_kwargs or {})}
         super().train(
             max_epochs=max_epochs,

@@ -422,7 +422,10 @@ class ScoreClassifier(ClassifierMixin, BaseModel):
             Fraction of cells for training when no indices are given; the rest is the validation set used for
             early stopping and the temperature.
         train_indices, validation_indices
-            Explicit integer positions.
+            Explicit integer positions. ``train_indices`` alone means no validation cells: the denoiser then
+            trains without early stopping on held-out cells and the calibration (timestep window, class
+            prior, temperature) is fitted on the training cells, which the denoiser has seen — over-confident
+            probabilities (a warning says so). Pass ``validation_indices`` too.
         early_stopping_patience
             Epochs without validation improvement before stopping (each stage; the encoder stage uses
             ``min(early_stopping_patience, 20)``).
@@ -494,6 +497,14 @@ class ScoreClassifier(ClassifierMixin, BaseModel):
             self._fixed_embedding = None
         history.update(self.history_)
         self.history_ = history
+        if len(va) == 0:
+            warnings.warn(
+                "ScoreClassifier.train has no validation cells (train_indices without validation_indices, or "
+                "train_size=1): the timestep window, class prior and temperature are calibrated on the training "
+                "cells, so probabilities are over-confident. Pass validation_indices= (or train_size < 1).",
+                UserWarning,
+                stacklevel=2,
+            )
         calib = va if len(va) else tr
         y = self._encode_categories(self.adata, ["labels"])["labels"][calib]
         if self.init_params_["timestep_range"] == "auto":

@@ -584,7 +584,7 @@ class TabNetModule(nn.Module):
             t = self._transform(x)
             out = self._encode(lam * t + (1.0 - lam) * t[perm])
             out["logits"] = self.head(self.dropout(out["embedding"]))
-            ce = F.cross_entropy(out["logits"], y)  # logged against the dominant labels
+            ce = F.cross_entropy(out["logits"], y)  # logged against the first cell's labels of each pair
             kw = {"weight": weight, "label_smoothing": smooth, "logit_offset": offset}
             fit = lam * adjusted_cross_entropy(out["logits"], y, **kw) + (1.0 - lam) * adjusted_cross_entropy(
                 out["logits"], y[perm], **kw

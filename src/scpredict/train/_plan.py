@@ -55,7 +55,8 @@ class TrainingPlan(pl.LightningModule):
     optimizer
         ``"adamw"`` (default, eps=1e-8) or ``"adam"``.
     lr_scheduler
-        ``None`` or ``"plateau"`` (reduce on validation-loss plateau by 0.5, patience 5).
+        ``None`` or ``"plateau"`` (reduce on validation-loss plateau by 0.5, patience 5; on the training loss
+        when the run has no validation cells, ``has_validation = False``, which ``BaseModel.train`` sets).
     loss_kwargs
         Passed to ``module.loss`` at every step.
     """
@@ -79,6 +80,9 @@ class TrainingPlan(pl.LightningModule):
         self.loss_kwargs = loss_kwargs or {}
         # epoch-level classification scores, created at the first batch that reports predictions
         self.class_scores = torch.nn.ModuleDict()
+
+    #: whether the run has validation cells (set by ``BaseModel.train`` before fitting)
+    has_validation: bool = True
 
     def forward(self, batch):  # pragma: no cover - Lightning API
         return self.module.loss(batch, **self.loss_kwargs)
@@ -134,5 +138,6 @@ class TrainingPlan(pl.LightningModule):
             opt = torch.optim.AdamW(params, lr=self.lr, weight_decay=self.weight_decay, eps=1e-8)
         if self.lr_scheduler == "plateau":
             sched = torch.optim.lr_scheduler.ReduceLROnPlateau(opt, factor=0.5, patience=5)
-            return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "monitor": "validation_loss"}}
+            monitor = "validation_loss" if self.has_validation else "train_loss"
+            return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "monitor": monitor}}
         return opt
